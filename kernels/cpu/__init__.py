@@ -1,0 +1,1 @@
+"""Numba ``@njit`` CPU kernels.  Reach them through the dispatch in ``sparsenet.kernels``."""

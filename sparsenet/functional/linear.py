@@ -1,0 +1,144 @@
+"""Fully connected layers: sparse (CSR weight) and dense, forward and backward."""
+import numpy as np
+
+from .. import kernels
+from .._validation import as_float_array
+from ..csr import CSRMatrix
+
+__all__ = ["sparse_linear", "sparse_linear_backward", "linear", "linear_backward"]
+
+
+def _check_sparse_weight(weight):
+    if not isinstance(weight, CSRMatrix):
+        raise TypeError(
+            f"weight must be a sparsenet.CSRMatrix of shape (out_features, in_features); got "
+            f"{type(weight).__name__} (use CSRMatrix.from_scipy / from_dense, or F.linear for dense weights)"
+        )
+
+
+def _as_batch(a, name, features, dtype, what):
+    """Validate a (*, features) array and flatten its leading dimensions to one batch axis."""
+    a = as_float_array(a, name, dtype)
+    if a.ndim == 0 or a.shape[-1] != features:
+        raise ValueError(f"{name} must have shape (*, {what}={features}); got shape {a.shape}")
+    return a.reshape(-1, features)
+
+
+def _check_bias(bias, out_features, dtype):
+    if bias is None:
+        return None
+    bias = as_float_array(bias, "bias", dtype)
+    if bias.shape != (out_features,):
+        raise ValueError(f"bias must have shape (out_features={out_features},); got shape {bias.shape}")
+    return bias
+
+
+def _check_backward_args(grad_out, x, out_features, in_features, dtype):
+    x2 = _as_batch(x, "x", in_features, dtype, "in_features")
+    g2 = _as_batch(grad_out, "grad_out", out_features, dtype, "out_features")
+    if np.shape(grad_out)[:-1] != np.shape(x)[:-1]:
+        raise ValueError(
+            f"grad_out's leading dimensions must match x's; got grad_out {np.shape(grad_out)} and x {np.shape(x)}"
+        )
+    return g2, x2
+
+
+def sparse_linear(x, weight, bias=None):
+    """y = x @ weight.T + bias with a CSR weight.
+
+    Parameters
+    ----------
+    x : ndarray, shape (*, in_features), float32 or float64
+    weight : CSRMatrix, shape (out_features, in_features), same dtype as ``x``
+    bias : ndarray, shape (out_features,), optional
+
+    Returns
+    -------
+    y : ndarray, shape (*, out_features)
+        F-ordered when 2-D.  Cost O(batch * nnz).
+
+    Raises
+    ------
+    TypeError
+        ``weight`` not a CSRMatrix, non-float or mixed dtypes.
+    ValueError
+        ``x.shape[-1] != in_features`` or a bias of the wrong shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sparsenet.functional as F
+    >>> from sparsenet import CSRMatrix
+    >>> w = CSRMatrix.from_dense(np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]]))
+    >>> F.sparse_linear(np.array([[1.0, 1.0]]), w, bias=np.array([0.0, 0.5, 0.0]))
+    array([[1. , 2.5, 3. ]])
+    """
+    _check_sparse_weight(weight)
+    out_features, in_features = weight.shape
+    x2 = _as_batch(x, "x", in_features, weight.dtype, "in_features")
+    bias = _check_bias(bias, out_features, weight.dtype)
+    y = kernels.spmm(weight.indptr, weight.indices, weight.data, x2)
+    if bias is not None:
+        y += bias
+    return y.reshape(np.shape(x)[:-1] + (out_features,))
+
+
+def sparse_linear_backward(grad_out, x, weight):
+    """Gradients of :func:`sparse_linear` with respect to x, weight and bias.
+
+    Parameters
+    ----------
+    grad_out : ndarray, shape (*, out_features)
+    x : ndarray, shape (*, in_features)
+        The forward input.
+    weight : CSRMatrix, shape (out_features, in_features)
+
+    Returns
+    -------
+    grad_x : ndarray, shape (*, in_features)
+    grad_weight : ndarray, shape (nnz,)
+        Aligned with ``weight.data``: the gradient on the stored pattern only.
+    grad_bias : ndarray, shape (out_features,)
+        Sum of ``grad_out`` over the batch (returned whether or not a bias was used).
+    """
+    _check_sparse_weight(weight)
+    out_features, in_features = weight.shape
+    g2, x2 = _check_backward_args(grad_out, x, out_features, in_features, weight.dtype)
+    grad_x = kernels.spmm_t(weight.indptr, weight.indices, weight.data, in_features, g2)
+    grad_weight = kernels.sddmm(weight.indptr, weight.indices, g2, x2)
+    grad_bias = g2.sum(axis=0)
+    return grad_x.reshape(np.shape(x)), grad_weight, grad_bias
+
+
+def _check_dense_weight(weight):
+    weight = as_float_array(weight, "weight")
+    if weight.ndim != 2:
+        raise ValueError(f"weight must be 2-D (out_features, in_features); got shape {weight.shape}")
+    return weight
+
+
+def linear(x, weight, bias=None):
+    """y = x @ weight.T + bias with a dense weight (BLAS); same contract as :func:`sparse_linear`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> linear(np.ones((1, 2)), np.array([[1.0, 2.0]]), np.array([0.5]))
+    array([[3.5]])
+    """
+    weight = _check_dense_weight(weight)
+    out_features, in_features = weight.shape
+    x2 = _as_batch(x, "x", in_features, weight.dtype, "in_features")
+    bias = _check_bias(bias, out_features, weight.dtype)
+    y = x2 @ weight.T
+    if bias is not None:
+        y += bias
+    return y.reshape(np.shape(x)[:-1] + (out_features,))
+
+
+def linear_backward(grad_out, x, weight):
+    """Gradients of :func:`linear`: ``(grad_x, grad_weight (out, in), grad_bias (out,))``."""
+    weight = _check_dense_weight(weight)
+    out_features, in_features = weight.shape
+    g2, x2 = _check_backward_args(grad_out, x, out_features, in_features, weight.dtype)
+    return (g2 @ weight).reshape(np.shape(x)), g2.T @ x2, g2.sum(axis=0)
