@@ -78,3 +78,35 @@ def csr_row_faults(n_col, indptr, indices):
     """(code, row) of the first structural fault: 0 ok, 1 out of range, 2 unsorted, 3 duplicate."""
     code, row = _csr.csr_row_faults(n_col, indptr, indices)
     return int(code), int(row)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer updates (sparsenet.optim).  Parameters and state are updated in place.
+# ---------------------------------------------------------------------------------------------
+from .cpu import update as _update  # noqa: E402
+
+__all__ += ["sgd_update", "adam_update"]
+
+
+def _flat(a):
+    """1-D view of a C-contiguous array: the update kernels need views, never copies."""
+    if not a.flags.c_contiguous:
+        raise ValueError("optimizer kernels update in place and need C-contiguous arrays")
+    return a.reshape(-1)
+
+
+def sgd_update(param, grad, buf, *, lr, momentum, dampening, weight_decay, nesterov, first):
+    """In-place SGD step on one parameter array (any shape); ``buf`` same shape or None."""
+    _require_host("sgd_update", param, grad)
+    p = _flat(param)
+    b = _flat(buf) if buf is not None else p[:0]
+    _update.sgd_update(float(lr), float(momentum), float(dampening), float(weight_decay),
+                       bool(nesterov), bool(first), p, np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1), b)
+
+
+def adam_update(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay, decoupled, step):
+    """In-place Adam/AdamW step on one parameter array; ``step`` is the 1-based count after this step."""
+    _require_host("adam_update", param, grad)
+    _update.adam_update(float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
+                        bool(decoupled), int(step), _flat(param), np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1),
+                        _flat(exp_avg), _flat(exp_avg_sq))

@@ -10,3 +10,7 @@ Use ``np.ascontiguousarray`` if C order matters to you.
 from .linear import linear, linear_backward, sparse_linear, sparse_linear_backward
 
 __all__ = ["sparse_linear", "sparse_linear_backward", "linear", "linear_backward"]
+
+from .loss import cross_entropy, cross_entropy_backward, mse_loss, mse_loss_backward  # noqa: E402
+
+__all__ += ["cross_entropy", "cross_entropy_backward", "mse_loss", "mse_loss_backward"]

@@ -1,0 +1,98 @@
+"""Dropout and Flatten: shape and noise layers without parameters."""
+import numbers
+
+import numpy as np
+
+from .._validation import as_float_array, check_random_state
+from .module import Module
+
+__all__ = ["Dropout", "Flatten"]
+
+
+class Dropout(Module):
+    """Inverted dropout: in training zero each element with probability ``p``, scale the rest by ``1/(1-p)``.
+
+    In eval mode (``model.eval()``) it is the identity, so no rescaling is needed at test time.
+
+    Parameters
+    ----------
+    p : float in [0, 1], default=0.5
+    rng : None, int or numpy.random.Generator
+        Source of the masks; a seeded layer gives the same masks on every run.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> d = Dropout(0.5, rng=0)
+    >>> y = d(np.ones(8))
+    >>> sorted(set(y.tolist()))
+    [0.0, 2.0]
+    >>> d.eval()(np.ones(2))
+    array([1., 1.])
+    """
+
+    def __init__(self, p=0.5, *, rng=None):
+        super().__init__()
+        if not isinstance(p, numbers.Real) or not 0 <= p <= 1:
+            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p!r}")
+        self.p = float(p)
+        self.rng = check_random_state(rng)
+
+    def forward(self, x):
+        x = as_float_array(x, "x")
+        if not self.training or self.p == 0:
+            self._save(np.ones((), x.dtype))  # 0-d: identity gradient
+            return x.copy()
+        if self.p == 1:
+            scale = np.zeros(x.shape, x.dtype)
+        else:
+            keep = self.rng.random(x.shape) >= self.p
+            scale = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        self._save(scale)
+        return x * scale
+
+    def backward(self, grad_out):
+        scale = self._saved()
+        grad_out = as_float_array(grad_out, "grad_out")
+        if scale.ndim and grad_out.shape != scale.shape:
+            raise ValueError(f"grad_out must have the output's shape {scale.shape}; got {grad_out.shape}")
+        return grad_out * scale
+
+    def get_config(self):
+        return {"p": self.p}
+
+
+class Flatten(Module):
+    """Flatten dimensions ``start_dim..end_dim`` into one (default: all but the batch).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Flatten()(np.zeros((2, 3, 4, 5))).shape
+    (2, 60)
+    """
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
+
+    def forward(self, x):
+        x = as_float_array(x, "x")
+        nd = x.ndim
+        start = self.start_dim + nd if self.start_dim < 0 else self.start_dim
+        end = self.end_dim + nd if self.end_dim < 0 else self.end_dim
+        if not 0 <= start <= end < nd:
+            raise ValueError(
+                f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim}) needs an input with more "
+                f"dimensions; got shape {x.shape}"
+            )
+        self._save(x.shape)
+        return x.reshape(x.shape[:start] + (-1,) + x.shape[end + 1:])
+
+    def backward(self, grad_out):
+        shape = self._saved()
+        grad_out = as_float_array(grad_out, "grad_out")
+        return grad_out.reshape(shape)
+
+    def get_config(self):
+        return {"start_dim": self.start_dim, "end_dim": self.end_dim}

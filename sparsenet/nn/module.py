@@ -1,0 +1,474 @@
+"""Parameter, Module and Sequential: the layer protocol of sparsenet.
+
+A layer computes ``y = forward(x)``, keeps by name what its backward needs, and
+``grad_x = backward(grad_y)`` *accumulates* gradients into its parameters' ``.grad``.  A model
+is a tree of modules; ``Sequential.backward`` runs its children in reverse.
+"""
+import numbers
+
+import numpy as np
+
+from .._validation import float_dtype
+from ..csr import CSRMatrix
+
+__all__ = ["Parameter", "Module", "Sequential", "from_config", "register_module"]
+
+_REGISTRY = {}
+
+
+def register_module(cls):
+    """Make ``cls`` reconstructible by :func:`from_config` (done automatically for Module subclasses)."""
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def from_config(description):
+    """Build a module from the JSON-able description returned by :meth:`Module.describe`.
+
+    Parameters are freshly initialised; load them with :meth:`Module.load_state_dict`.
+
+    Examples
+    --------
+    >>> from sparsenet import nn
+    >>> model = nn.Sequential(nn.Linear(4, 3, rng=0), nn.ReLU())
+    >>> nn.from_config(model.describe())
+    Sequential(
+      (0): Linear(in_features=4, out_features=3, bias=True, dtype='float32')
+      (1): ReLU()
+    )
+    """
+    if not isinstance(description, dict) or "class" not in description:
+        raise ValueError(
+            "a module description must be a dict {'class': name, 'config': {...}} as returned by "
+            f"Module.describe(); got {description!r}"
+        )
+    name = description["class"]
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"unknown module class {name!r}; known: {sorted(_REGISTRY)}. Import the module that "
+            "defines it before loading (subclasses of Module register themselves)"
+        )
+    return _REGISTRY[name].from_config(description.get("config", {}))
+
+
+class Parameter:
+    """A trainable array and its gradient.
+
+    Parameters
+    ----------
+    data : ndarray or CSRMatrix
+        The values.  A :class:`~sparsenet.CSRMatrix` makes a *sparse* parameter: ``.data`` is
+        then the matrix's ``data`` vector (shape ``(nnz,)``, the same array object, updated in
+        place by optimizers), ``.grad`` is nnz-shaped and ``.csr`` is the matrix.
+    name : str, optional
+        Set by the owning module (``"weight"``, ``"bias"``).
+
+    Attributes
+    ----------
+    grad : ndarray or None
+        Accumulated gradient, same shape and dtype as ``data``; None until a backward.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p = Parameter(np.zeros(3))
+    >>> p.shape, p.grad, p.is_sparse
+    ((3,), None, False)
+    """
+
+    def __init__(self, data, *, name=None):
+        if isinstance(data, CSRMatrix):
+            self.csr = data
+            self._data = None
+        else:
+            data = np.asarray(data)
+            float_dtype(data.dtype, "Parameter dtype")
+            self.csr = None
+            self._data = np.ascontiguousarray(data)
+        self.grad = None
+        self.name = name
+
+    @property
+    def is_sparse(self):
+        """True when the parameter is the value vector of a CSR weight."""
+        return self.csr is not None
+
+    @property
+    def data(self):
+        """The values (for a sparse parameter, ``csr.data``)."""
+        return self.csr.data if self.csr is not None else self._data
+
+    @data.setter
+    def data(self, value):
+        value = np.ascontiguousarray(value)
+        float_dtype(value.dtype, "Parameter dtype")
+        if self.csr is not None:
+            if value.shape != self.csr.data.shape:
+                raise ValueError(
+                    f"a sparse parameter's data must have shape (nnz,) = {self.csr.data.shape}; got "
+                    f"{value.shape}. To change the sparsity pattern call set_csr(new_matrix)"
+                )
+            self.csr.data = value
+        else:
+            self._data = value
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def size(self):
+        return self.data.size
+
+    @property
+    def dense_shape(self):
+        """Shape of the full weight: ``csr.shape`` for a sparse parameter, else ``shape``."""
+        return self.csr.shape if self.csr is not None else self.data.shape
+
+    def set_csr(self, csr):
+        """Replace the sparsity pattern and values of a sparse parameter; resets ``grad``.
+
+        Optimizer state must then be realigned with ``optimizer.remap(param, kept_old, kept_new)``.
+        """
+        if self.csr is None:
+            raise TypeError("set_csr is only for sparse parameters (created from a CSRMatrix)")
+        if not isinstance(csr, CSRMatrix):
+            raise TypeError(f"set_csr expects a CSRMatrix; got {type(csr).__name__}")
+        if csr.shape != self.csr.shape:
+            raise ValueError(f"the new pattern must keep the shape {self.csr.shape}; got {csr.shape}")
+        if not csr.data.flags.c_contiguous:
+            csr.data = np.ascontiguousarray(csr.data)
+        self.csr = csr
+        self.grad = None
+
+    def accumulate_grad(self, grad):
+        """Add ``grad`` into ``.grad`` (a fresh copy on the first call, never an alias)."""
+        grad = np.asarray(grad)
+        if grad.shape != self.shape:
+            raise ValueError(f"gradient of {self.name or 'parameter'} has shape {grad.shape}, expected {self.shape}")
+        if self.grad is None:
+            self.grad = np.array(grad, dtype=self.dtype, order="C", copy=True)
+        else:
+            self.grad += grad
+
+    def __repr__(self):
+        kind = f"sparse, nnz={self.size}, dense_shape={self.dense_shape}" if self.is_sparse else f"shape={self.shape}"
+        return f"Parameter({kind}, dtype={self.dtype})"
+
+
+class Module:
+    """Base class of every layer and model.
+
+    Subclasses call ``super().__init__()`` first, assign :class:`Parameter` and sub-:class:`Module`
+    attributes (registered in assignment order), register buffers with :meth:`register_buffer`,
+    and implement ``forward``, ``backward`` and ``get_config``.
+
+    Notes
+    -----
+    ``forward`` keeps what ``backward`` needs; ``backward`` consumes it, so a backward without
+    a forward (or a second backward for one forward) raises ``RuntimeError``.  ``backward``
+    accumulates into ``p.grad`` and never modifies its argument.
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        register_module(cls)
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "_buffers", [])
+        object.__setattr__(self, "_ctx", None)
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"call super().__init__() in {type(self).__name__}.__init__ before assigning attributes")
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        if isinstance(value, Parameter):
+            value.name = value.name or name
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name, array):
+        """A non-trainable array saved in the state dict (e.g. BatchNorm's running mean)."""
+        if name not in self._buffers:
+            self._buffers.append(name)
+        object.__setattr__(self, name, array)
+
+    # ------------------------------------------------------------------ protocol
+    def forward(self, x):
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def backward(self, grad_out):
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def _save(self, ctx):
+        object.__setattr__(self, "_ctx", ctx)
+
+    def _saved(self):
+        """What forward kept; raises when there is none (backward without forward, or twice)."""
+        ctx = self._ctx
+        if ctx is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward called without a matching forward: run "
+                "y = layer(x) before each backward (one backward per forward)"
+            )
+        object.__setattr__(self, "_ctx", None)
+        return ctx
+
+    # ------------------------------------------------------------------ traversal
+    def children(self):
+        """Direct sub-modules in definition order."""
+        return iter(self._modules.values())
+
+    def named_modules(self, prefix=""):
+        """(dotted name, module) for this module and all descendants, depth first."""
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        return (m for _, m in self.named_modules())
+
+    def named_parameters(self, prefix=""):
+        """(dotted name, Parameter) in definition order (weight before bias), recursively."""
+        for name, p in self._parameters.items():
+            yield (f"{prefix}.{name}" if prefix else name), p
+        for name, child in self._modules.items():
+            yield from child.named_parameters(f"{prefix}.{name}" if prefix else name)
+
+    def parameters(self):
+        """All parameters in definition order."""
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self, prefix=""):
+        for name in self._buffers:
+            yield (f"{prefix}.{name}" if prefix else name), self, name
+        for name, child in self._modules.items():
+            yield from child.named_buffers(f"{prefix}.{name}" if prefix else name)
+
+    # ------------------------------------------------------------------ modes and grads
+    def train(self, mode=True):
+        """Set training mode (dropout active, batch statistics) on this module and its children."""
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        """Evaluation mode: ``train(False)``."""
+        return self.train(False)
+
+    def zero_grad(self, set_to_none=True):
+        """Clear gradients (to None by default, as PyTorch does)."""
+        for p in self.parameters():
+            if set_to_none or p.grad is None:
+                p.grad = None
+            else:
+                p.grad[...] = 0
+
+    def to(self, dtype):
+        """Cast parameters and floating buffers to float32 or float64 in place; returns self."""
+        dtype = float_dtype(dtype)
+        for m in self.modules():
+            for p in m._parameters.values():
+                if p.is_sparse:
+                    p.set_csr(p.csr.astype(dtype))
+                else:
+                    p.data = p.data.astype(dtype)
+                p.grad = None
+            for name in m._buffers:
+                b = getattr(m, name)
+                if b.dtype.kind == "f":
+                    object.__setattr__(m, name, b.astype(dtype))
+            if "dtype" in m.__dict__:
+                object.__setattr__(m, "dtype", dtype)
+        return self
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self):
+        """Copies of all parameters and buffers by dotted name.
+
+        A sparse parameter ``name`` contributes ``name`` (the nnz values) plus ``name.indices``
+        and ``name.indptr`` (its pattern), so a changed pattern round-trips.
+        """
+        out = {}
+        for name, p in self.named_parameters():
+            out[name] = p.data.copy()
+            if p.is_sparse:
+                out[name + ".indices"] = p.csr.indices.copy()
+                out[name + ".indptr"] = p.csr.indptr.copy()
+        for name, owner, attr in self.named_buffers():
+            out[name] = np.array(getattr(owner, attr), copy=True)
+        return out
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy values (and sparse patterns) from ``state_dict`` into this module.
+
+        Raises
+        ------
+        ValueError
+            With ``strict``: missing or unexpected keys.  Always: an array whose shape does not
+            match the parameter, or a sparse pattern that is not a valid CSR structure.
+        """
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict of arrays; got {type(state_dict).__name__}")
+        expected = set(self.state_dict_keys())
+        given = set(state_dict)
+        missing = sorted(expected - given)
+        unexpected = sorted(given - expected)
+        if strict and (missing or unexpected):
+            raise ValueError(
+                f"error loading state_dict into {type(self).__name__}: missing keys {missing}, "
+                f"unexpected keys {unexpected}; the checkpoint was saved from a different architecture "
+                "(build the model with the same layers, or pass strict=False to load the matching keys)"
+            )
+        for name, p in self.named_parameters():
+            if name not in state_dict:
+                continue
+            value = np.asarray(state_dict[name])
+            if p.is_sparse:
+                indices = np.asarray(state_dict.get(name + ".indices", p.csr.indices))
+                indptr = np.asarray(state_dict.get(name + ".indptr", p.csr.indptr))
+                try:
+                    csr = CSRMatrix(value.astype(p.dtype), indices, indptr, p.csr.shape, copy=True)
+                except (ValueError, TypeError) as err:
+                    raise ValueError(f"invalid sparse pattern for {name!r} (dense shape {p.csr.shape}): {err}") from err
+                p.set_csr(csr)
+            else:
+                if value.shape != p.shape:
+                    raise ValueError(
+                        f"size mismatch for {name!r}: the checkpoint has shape {value.shape}, the model "
+                        f"expects {p.shape}; build the layer with the same sizes as the saved one"
+                    )
+                p.data[...] = value
+        for name, owner, attr in self.named_buffers():
+            if name not in state_dict:
+                continue
+            value = np.asarray(state_dict[name])
+            current = getattr(owner, attr)
+            if value.shape != np.shape(current):
+                raise ValueError(
+                    f"size mismatch for buffer {name!r}: the checkpoint has shape {value.shape}, the model "
+                    f"expects {np.shape(current)}"
+                )
+            object.__setattr__(owner, attr, np.array(value, dtype=current.dtype, copy=True))
+        return self
+
+    def state_dict_keys(self):
+        keys = []
+        for name, p in self.named_parameters():
+            keys.append(name)
+            if p.is_sparse:
+                keys += [name + ".indices", name + ".indptr"]
+        keys += [name for name, _, _ in self.named_buffers()]
+        return keys
+
+    # ------------------------------------------------------------------ description
+    def get_config(self):
+        """Constructor arguments as a JSON-able dict (``cls(**config)`` rebuilds the layer)."""
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "dtype" in config:
+            config["dtype"] = np.dtype(config["dtype"])
+        return cls(**config)
+
+    def describe(self):
+        """``{"class": name, "config": get_config()}``: the architecture, without values."""
+        config = self.get_config()
+        return {"class": type(self).__name__, "config": config}
+
+    def extra_repr(self):
+        def fmt(v):
+            return repr(str(v)) if isinstance(v, np.dtype) else repr(v)
+        return ", ".join(f"{k}={fmt(v)}" for k, v in self.get_config().items())
+
+    def __repr__(self):
+        if not self._modules:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        lines = [f"{type(self).__name__}("]
+        for name, child in self._modules.items():
+            body = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {body}")
+        lines.append(")")
+        return "\n".join(lines)
+
+
+class Sequential(Module):
+    """A chain of modules: ``forward`` runs them in order, ``backward`` in reverse.
+
+    Parameters
+    ----------
+    *layers : Module
+        Named ``"0"``, ``"1"``, ... in :meth:`named_parameters` and the state dict.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sparsenet import nn
+    >>> model = nn.Sequential(nn.Linear(3, 2, rng=0, dtype=np.float64), nn.ReLU())
+    >>> y = model(np.ones((4, 3)))
+    >>> y.shape
+    (4, 2)
+    >>> model.backward(np.ones_like(y)).shape
+    (4, 3)
+    >>> [name for name, _ in model.named_parameters()]
+    ['0.weight', '0.bias']
+    """
+
+    def __init__(self, *layers):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential takes Module instances; argument {i} is {type(layer).__name__}")
+            setattr(self, str(i), layer)
+
+    def append(self, layer):
+        if not isinstance(layer, Module):
+            raise TypeError(f"Sequential.append takes a Module; got {type(layer).__name__}")
+        setattr(self, str(len(self._modules)), layer)
+        return self
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, index):
+        layers = list(self._modules.values())
+        if isinstance(index, slice):
+            return Sequential(*layers[index])
+        if not isinstance(index, numbers.Integral):
+            raise TypeError(f"Sequential indices must be integers or slices; got {type(index).__name__}")
+        return layers[index]
+
+    def forward(self, x):
+        for layer in self._modules.values():
+            x = layer(x)
+        return x
+
+    def backward(self, grad_out):
+        for layer in reversed(list(self._modules.values())):
+            grad_out = layer.backward(grad_out)
+        return grad_out
+
+    def get_config(self):
+        return {"layers": [layer.describe() for layer in self._modules.values()]}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(*(from_config(d) for d in config.get("layers", [])))
