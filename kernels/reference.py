@@ -39,3 +39,195 @@ def csr_transpose(indptr, indices, shape):
     t = m.T.tocsr()
     t.sort_indices()
     return t.indptr, t.indices, t.data.astype(np.int64) - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Convolution, locally connected, pooling (NCHW).  Geometry as int pairs; float64 throughout.
+# ---------------------------------------------------------------------------------------------
+def _conv_out(size, k, s, p, d):
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _tap(a, ki, kj, out_h, out_w, stride, dilation):
+    """The (N, C, OH, OW) slice of a padded array that kernel tap (ki, kj) multiplies."""
+    r0, c0 = ki * dilation[0], kj * dilation[1]
+    return a[:, :, r0:r0 + stride[0] * (out_h - 1) + 1:stride[0], c0:c0 + stride[1] * (out_w - 1) + 1:stride[1]]
+
+
+def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    """PyTorch conv2d semantics as a sum over kernel taps of channel contractions."""
+    x = np.asarray(x, np.float64)
+    weight = np.asarray(weight, np.float64)
+    n, c, h, w = x.shape
+    o, cg, kh, kw = weight.shape
+    og = o // groups
+    out_h = _conv_out(h, kh, stride[0], padding[0], dilation[0])
+    out_w = _conv_out(w, kw, stride[1], padding[1], dilation[1])
+    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    out = np.zeros((n, o, out_h, out_w))
+    for gi in range(groups):
+        xs = xp[:, gi * cg:(gi + 1) * cg]
+        for ki in range(kh):
+            for kj in range(kw):
+                patch = _tap(xs, ki, kj, out_h, out_w, stride, dilation)
+                out[:, gi * og:(gi + 1) * og] += np.einsum("nchw,oc->nohw", patch, weight[gi * og:(gi + 1) * og, :, ki, kj])
+    if bias is not None:
+        out += np.asarray(bias, np.float64)[:, None, None]
+    return out
+
+
+def conv2d_backward(g, x, weight, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    """(grad_x, grad_weight, grad_bias) of :func:`conv2d`: the same tap loop, transposed."""
+    g = np.asarray(g, np.float64)
+    x = np.asarray(x, np.float64)
+    weight = np.asarray(weight, np.float64)
+    n, c, h, w = x.shape
+    o, cg, kh, kw = weight.shape
+    og = o // groups
+    out_h, out_w = g.shape[2:]
+    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    gxp = np.zeros_like(xp)
+    gw = np.zeros_like(weight)
+    for gi in range(groups):
+        cs, os_ = slice(gi * cg, (gi + 1) * cg), slice(gi * og, (gi + 1) * og)
+        for ki in range(kh):
+            for kj in range(kw):
+                _tap(gxp[:, cs], ki, kj, out_h, out_w, stride, dilation)[...] += np.einsum(
+                    "nohw,oc->nchw", g[:, os_], weight[os_, :, ki, kj])
+                gw[os_, :, ki, kj] = np.einsum("nohw,nchw->oc", g[:, os_],
+                                               _tap(xp[:, cs], ki, kj, out_h, out_w, stride, dilation))
+    gx = gxp[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w]
+    return gx, gw, g.sum(axis=(0, 2, 3))
+
+
+def _patches(xp, kh, kw, out_h, out_w, stride):
+    """(N, OH, OW, C*KH*KW) receptive fields, flattened (c, ki, kj) like a conv filter."""
+    n, c = xp.shape[:2]
+    out = np.empty((n, out_h, out_w, c, kh, kw))
+    for r in range(out_h):
+        for j in range(out_w):
+            out[:, r, j] = xp[:, :, r * stride[0]:r * stride[0] + kh, j * stride[1]:j * stride[1] + kw]
+    return out.reshape(n, out_h, out_w, -1)
+
+
+def local2d(x, weight, bias=None, kernel=(1, 1), stride=(1, 1), padding=(0, 0)):
+    """Locally connected layer; weight (OH, OW, O, C*KH*KW), bias (O, OH, OW)."""
+    x = np.asarray(x, np.float64)
+    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    out_h, out_w = weight.shape[:2]
+    out = np.einsum("nrjq,rjoq->norj", _patches(xp, *kernel, out_h, out_w, stride), np.asarray(weight, np.float64))
+    return out if bias is None else out + np.asarray(bias, np.float64)
+
+
+def local2d_backward(g, x, weight, kernel=(1, 1), stride=(1, 1), padding=(0, 0)):
+    """(grad_x, grad_weight, grad_bias) of :func:`local2d`."""
+    g = np.asarray(g, np.float64)
+    x = np.asarray(x, np.float64)
+    weight = np.asarray(weight, np.float64)
+    n, c, h, w = x.shape
+    kh, kw = kernel
+    out_h, out_w = weight.shape[:2]
+    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    gw = np.einsum("norj,nrjq->rjoq", g, _patches(xp, kh, kw, out_h, out_w, stride))
+    gpatch = np.einsum("norj,rjoq->nrjq", g, weight).reshape(n, out_h, out_w, c, kh, kw)
+    gxp = np.zeros_like(xp)
+    for r in range(out_h):
+        for j in range(out_w):
+            gxp[:, :, r * stride[0]:r * stride[0] + kh, j * stride[1]:j * stride[1] + kw] += gpatch[:, r, j]
+    return gxp[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w], gw, g.sum(axis=0)
+
+
+def _pool_windows(x, kernel, stride, padding, fill):
+    """Yield (r, j, window (N, C, KH*KW)) over a padded copy filled with ``fill``."""
+    x = np.asarray(x, np.float64)
+    n, c, h, w = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2), constant_values=fill)
+    out_h = _conv_out(h, kernel[0], stride[0], padding[0], 1)
+    out_w = _conv_out(w, kernel[1], stride[1], padding[1], 1)
+    for r in range(out_h):
+        for j in range(out_w):
+            r0, j0 = r * stride[0], j * stride[1]
+            yield r, j, r0, j0, xp[:, :, r0:r0 + kernel[0], j0:j0 + kernel[1]].reshape(n, c, -1)
+
+
+def max_pool2d(x, kernel, stride, padding):
+    """Max over each window, padding = -inf."""
+    n, c = np.shape(x)[:2]
+    res = {}
+    for r, j, _, _, win in _pool_windows(x, kernel, stride, padding, -np.inf):
+        res[r, j] = win.max(axis=2)
+    out_h, out_w = max(k[0] for k in res) + 1, max(k[1] for k in res) + 1
+    out = np.empty((n, c, out_h, out_w))
+    for (r, j), v in res.items():
+        out[:, :, r, j] = v
+    return out
+
+
+def max_pool2d_backward(g, x, kernel, stride, padding):
+    """Each window's gradient to the first maximum of the window (row-major order)."""
+    n, c, h, w = np.shape(x)
+    g = np.asarray(g, np.float64)
+    gxp = np.zeros((n, c, h + 2 * padding[0], w + 2 * padding[1]))
+    for r, j, r0, j0, win in _pool_windows(x, kernel, stride, padding, -np.inf):
+        a, b = np.divmod(win.argmax(axis=2), kernel[1])
+        for ni in range(n):
+            for ci in range(c):
+                gxp[ni, ci, r0 + a[ni, ci], j0 + b[ni, ci]] += g[ni, ci, r, j]
+    return gxp[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w]
+
+
+def avg_pool2d(x, kernel, stride, padding):
+    """Mean over each window, zeros for padding counted in the divisor."""
+    n, c = np.shape(x)[:2]
+    res = {}
+    for r, j, _, _, win in _pool_windows(x, kernel, stride, padding, 0.0):
+        res[r, j] = win.sum(axis=2) / (kernel[0] * kernel[1])
+    out_h, out_w = max(k[0] for k in res) + 1, max(k[1] for k in res) + 1
+    out = np.empty((n, c, out_h, out_w))
+    for (r, j), v in res.items():
+        out[:, :, r, j] = v
+    return out
+
+
+def avg_pool2d_backward(g, x_shape, kernel, stride, padding):
+    """Each window's gradient spread evenly over its KH*KW (padded) cells."""
+    n, c, h, w = x_shape
+    g = np.asarray(g, np.float64)
+    gxp = np.zeros((n, c, h + 2 * padding[0], w + 2 * padding[1]))
+    out_h, out_w = g.shape[2:]
+    for r in range(out_h):
+        for j in range(out_w):
+            r0, j0 = r * stride[0], j * stride[1]
+            gxp[:, :, r0:r0 + kernel[0], j0:j0 + kernel[1]] += g[:, :, r, j, None, None] / (kernel[0] * kernel[1])
+    return gxp[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sparsity-pattern changes (kernels.topology)
+# ---------------------------------------------------------------------------------------------
+def topk_abs_grad(indptr, indices, g, x, k):
+    """Dense reference of the RigL growth criterion: materialise G^T X, mask the pattern, sort.
+
+    Ties go to the smaller flat index.  Returns ``(rows, cols, scores)`` sorted by (row, col).
+    """
+    g = np.asarray(g, np.float64)
+    x = np.asarray(x, np.float64)
+    n_row, n_col = g.shape[1], x.shape[1]
+    score = np.abs(g.T @ x).ravel()
+    rows = np.repeat(np.arange(n_row), np.diff(indptr))
+    taken = np.zeros(n_row * n_col, bool)
+    taken[rows * n_col + np.asarray(indices)] = True
+    free = np.flatnonzero(~taken & ~np.isnan(score))
+    order = np.lexsort((free, -score[free]))[:k]
+    flat = np.sort(free[order])
+    r, c = np.divmod(flat, n_col)
+    return r, c, score[flat]
+
+
+def csr_lookup(indptr, indices, rows, cols):
+    """Position of (row, col) in the pattern or -1, by a Python dict."""
+    where = {}
+    for i in range(len(indptr) - 1):
+        for k in range(indptr[i], indptr[i + 1]):
+            where[i, int(indices[k])] = k
+    return np.array([where.get((int(r), int(c)), -1) for r, c in zip(rows, cols)], dtype=np.int64)

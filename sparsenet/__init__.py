@@ -33,6 +33,13 @@ kernels = _locate_kernels()
 
 from .csr import CSRMatrix  # noqa: E402
 from . import functional  # noqa: E402
+from .connectivity import LayerCost, connectivity_costs  # noqa: E402
+from . import nn, optim  # noqa: E402
+from . import data, io, train  # noqa: E402  (plot and cli are imported on use: matplotlib, argparse)
 
 __version__ = "0.1.0"
 __all__ = ["CSRMatrix", "functional", "kernels", "__version__"]
+__all__ += ["nn", "optim", "data", "io", "train"]
+from . import sparsity  # noqa: E402
+__all__ += ["sparsity"]
+__all__ += ["connectivity_costs", "LayerCost"]

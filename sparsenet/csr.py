@@ -282,6 +282,42 @@ class CSRMatrix:
             _raise_for_fault(code, row, self.indices, self.indptr, self._shape[1])
         return self
 
+    @property
+    def device(self):
+        """``"cpu"`` when the arrays are NumPy arrays, ``"cuda"`` when they are CUDA device arrays."""
+        from .kernels.device import device_of  # noqa: PLC0415  (imports no numba.cuda)
+
+        return device_of(self.data)
+
+    def to(self, device):
+        """This matrix with its three arrays on ``device`` (``"cpu"`` or ``"cuda"``).
+
+        Returns ``self`` when already there, else a new CSRMatrix sharing nothing with this one.
+        On ``"cuda"`` the arrays are numba device arrays; use ``.to("cpu")`` before host-only
+        methods (``to_dense``, ``to_scipy``, ``check``).
+
+        Raises
+        ------
+        ValueError
+            ``device`` is not one of "cpu", "cuda".
+        RuntimeError
+            ``"cuda"`` requested but numba-cuda or a GPU is missing (the reason is given).
+        """
+        from .kernels.device import DEVICES, cuda_available  # noqa: PLC0415
+
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}; got {device!r}")
+        if device == self.device:
+            return self
+        if device == "cuda":
+            ok, reason = cuda_available()
+            if not ok:
+                raise RuntimeError(f"cannot move a CSRMatrix to 'cuda': {reason}")
+        from .kernels import cuda as _cuda_kernels  # noqa: PLC0415  (numba.cuda on first call only)
+
+        move = _cuda_kernels.to_device if device == "cuda" else _cuda_kernels.to_host
+        return CSRMatrix._from_canonical(move(self.data), move(self.indices), move(self.indptr), self._shape)
+
     def copy(self):
         """Deep copy."""
         return CSRMatrix._from_canonical(self.data.copy(), self.indices.copy(), self.indptr.copy(), self._shape)

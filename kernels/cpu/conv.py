@@ -1,29 +1,35 @@
 """CPU kernels for direct 2-D convolution (dense and weight-sparse) and locally connected layers.
 
-Layout is NCHW throughout.  The dispatch in ``sparsenet.kernels`` zero-pads the input once
-(a bordered copy of the input, N*C*Hp*Wp values, *not* an im2col matrix, which would be
-KH*KW times larger), so no kernel needs bounds checks in its inner loops.
+Layout is NCHW.  No im2col matrix is ever formed; the only copy of the input is a
+zero-padded, *phase-split* one, the same size as the padded input:
 
-Two loop shapes:
+* **phases**: for stride (sh, sw) the padded input plane is split into sh*sw sub-planes
+  ``xq[p*sw + q] = xpad[p::sh, q::sw]`` (one plane for stride 1).  Tap (ki, kj) of a
+  strided convolution then reads phase ``((ki*dh) % sh, (kj*dw) % sw)`` at a *unit-stride*
+  offset, so every stride and dilation runs through the same contiguous loops.
+* **wide rows**: an output plane is computed on a grid as wide as a phase plane (``Wq``
+  columns, of which the first ``OW`` are kept), so one kernel tap is *one* contiguous axpy
+  over the flattened plane::
 
-* **wide** (stride 1, any dilation): an output plane is computed on a grid as wide as the
-  padded input, ``Wp`` columns of which the first ``OW`` are kept.  Then every kernel tap
-  (c, ki, kj) is *one* contiguous axpy over the flattened plane::
+      acc[i] += w * xq[n, plane, phase][off + i],   0 <= i < L = (OH-1)*Wq + OW
 
-      acc[i] += w[o, c, ki, kj] * xp[n, c].flat[ki*dh*Wp + kj*dw + i],  0 <= i < L
+  instead of OH short row loops.  The ``Wq - OW`` extra columns per row are wasted work
+  (6 % for a 3x3 on 32x32) and are dropped when the plane is copied out.
 
-  with ``L = (OH-1)*Wp + OW``: long unit-stride loops that LLVM vectorises, instead of OH
-  short row loops.  The ``(KW-1)*dw`` extra columns per row are wasted work (6 % for a 3x3
-  on 32x32) and are dropped when the plane is copied out.
-* **rows** (any stride): one axpy per output row, ``xrow[kj*dw + ow*sw]`` strided.
+A convolution is thereby a list of *entries* per output plane, ``(source plane, phase,
+offset, weight)``, built once per call by the dispatch: all taps of a dense filter, only the
+stored taps of a CSR filter (a direct sparse convolution: zero weights are skipped, the
+dense filter is never formed), or the flipped/transposed taps for the input gradient.  The
+same two kernels then serve dense and sparse, forward and backward.  Three entries are fused
+per pass over the plane (``acc += w0*s0 + w1*s1 + w2*s2``): one load and store of ``acc`` per
+three FMAs instead of per one, which is what makes the loop compute-bound rather than
+load/store-bound.
 
-Every kernel parallelises (``prange``) over independent outputs only: (image, out channel)
-planes for the forward pass, (image, in channel) planes for the input gradient, output
-channels (or weight rows) for the weight gradient, which sums over the batch in a fixed
-order.  Results are therefore race-free and bitwise identical for any thread count.
+``prange`` runs over independent outputs only: (image, output plane) pairs for the
+accumulating kernel, weight rows for the weight gradient, which sums over the batch in a
+fixed order.  Results are race-free and bitwise identical for any thread count.
 
-All kernels take raw arrays, sizes/geometry as ints, and the preallocated output last.
-They allocate nothing and validate nothing.
+Kernels take raw arrays and the preallocated output last; they allocate and validate nothing.
 """
 from numba import njit, prange
 
@@ -34,413 +40,117 @@ FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 _OPTS = dict(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
 
 
-# --------------------------------------------------------------------------- dense conv, wide
+# Slices are taken before the loops so the loops index with the bare induction variable:
+# ``x[off + i]`` makes Numba emit a negative-index wraparound test per element, which blocks
+# vectorisation (measured 3 GFLOP/s against 45 with slices).  The fused loops are written out
+# in place: as small helper functions they ran at half the speed.
 @njit(**_OPTS)
-def conv2d_fwd_wide(xp, w, bias, dh, dw, n_chunks, scratch, out):
-    """Stride-1 forward: out[n, o] = bias[o] + sum_{c,ki,kj} w[o,c,ki,kj] * xp[n, g*Cg+c] shifted.
+def conv_planes(src, row_ptr, ent_plane, ent_phase, ent_off, ent_w, bias, stack, img_rows, wq, n_chunks, scratch,
+                out):
+    """out[n, r] = bias[r] + sum_k ent_w[k] * src[n // stack, ent_plane[k], ent_phase[k], ent_off[k]:][:L].
 
-    xp (N, C, Hp*Wp) padded input, flattened planes, C-contiguous; w (O, Cg, KH, KW);
-    bias (O,); scratch (n_chunks, OH*Wp) work rows, one per chunk of planes;
-    out (N, O, OH, OW) is preallocated and overwritten.  O(N*O*Cg*KH*KW*OH*Wp).
-    Chunks own disjoint (n, o) planes: race-free.
+    src (G, S, P, stack*img_rows*Wq) C-contiguous: each plane holds ``stack`` images one
+    above the other, ``img_rows`` rows of width ``Wq`` each; row_ptr (R+1,) and the entry
+    arrays (nnz,) list the entries of output plane r in ``row_ptr[r]:row_ptr[r+1]``; bias
+    (R,); scratch (n_chunks, >= L) with ``L = ((stack-1)*img_rows + OH - 1)*Wq + OW``; out
+    (N, R, OH, OW), N <= G*stack, is preallocated and overwritten: image b of group g, row
+    i is ``acc[(b*img_rows + i)*Wq:][:OW]``.  Every slice ``src[g, plane, phase, off:off+L]``
+    must be in bounds (the dispatch guarantees it).
+    O(G * (nnz + R) * L).  Chunks own disjoint (g, r) planes: race-free, and each plane's
+    sum runs in entry order whatever the thread count.
     """
-    n_img, n_out, out_h, out_w = out.shape
-    n_cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
-    wp = (out_w - 1) + (kw - 1) * dw + 1
-    n_og = n_out // (xp.shape[1] // n_cg)
-    length = (out_h - 1) * wp + out_w
-    n_tasks = n_img * n_out
+    n_img, n_rows, out_h, out_w = out.shape
+    n_grp = src.shape[0]
+    length = ((stack - 1) * img_rows + out_h - 1) * wq + out_w
+    n_tasks = n_grp * n_rows
     per = (n_tasks + n_chunks - 1) // n_chunks
     for ch in prange(n_chunks):
-        acc = scratch[ch]
+        acc = scratch[ch, :length]
         for t in range(ch * per, min(n_tasks, (ch + 1) * per)):
-            n = t // n_out
-            o = t - n * n_out
-            c0 = (o // n_og) * n_cg
-            b = bias[o]
+            n = t // n_rows
+            r = t - n * n_rows
+            b = bias[r]
             for i in range(length):
                 acc[i] = b
-            for c in range(n_cg):
-                xs = xp[n, c0 + c]
-                for ki in range(kh):
-                    for kj in range(kw):
-                        wv = w[o, c, ki, kj]
-                        off = ki * dh * wp + kj * dw
-                        for i in range(length):
-                            acc[i] += wv * xs[off + i]
-            dst = out[n, o]
-            for r in range(out_h):
-                for j in range(out_w):
-                    dst[r, j] = acc[r * wp + j]
+            xs = src[n]
+            k = row_ptr[r]
+            end = row_ptr[r + 1]
+            while k + 3 <= end:
+                o0, o1, o2 = ent_off[k], ent_off[k + 1], ent_off[k + 2]
+                s0 = xs[ent_plane[k], ent_phase[k], o0:o0 + length]
+                s1 = xs[ent_plane[k + 1], ent_phase[k + 1], o1:o1 + length]
+                s2 = xs[ent_plane[k + 2], ent_phase[k + 2], o2:o2 + length]
+                w0, w1, w2 = ent_w[k], ent_w[k + 1], ent_w[k + 2]
+                for i in range(length):
+                    acc[i] += w0 * s0[i] + w1 * s1[i] + w2 * s2[i]
+                k += 3
+            while k < end:
+                o0 = ent_off[k]
+                s0 = xs[ent_plane[k], ent_phase[k], o0:o0 + length]
+                w0 = ent_w[k]
+                for i in range(length):
+                    acc[i] += w0 * s0[i]
+                k += 1
+            for bi in range(min(stack, n_img - n * stack)):
+                dst = out[n * stack + bi, r]
+                for i in range(out_h):
+                    start = (bi * img_rows + i) * wq
+                    row = acc[start:start + out_w]
+                    drow = dst[i]
+                    for j in range(out_w):
+                        drow[j] = row[j]
 
 
 @njit(**_OPTS)
-def conv2d_grad_input_wide(gwide, w, dh, dw, wp, out_w, gxp):
-    """Stride-1 input gradient on the padded grid (the adjoint of :func:`conv2d_fwd_wide`).
+def conv_planes_grad_weight(gwide, src, row_ptr, ent_plane, ent_phase, ent_off, length, rows_per_task, out):
+    """out[k] = sum_n <gwide[n, r, :L], src[n, ent_plane[k], ent_phase[k], ent_off[k]:][:L]> for row r's entries.
 
-    gwide (N, O, OH*Wp) is grad_out on the wide grid with *zeros* in the dropped columns;
-    w (O, Cg, KH, KW); gxp (N, C, Hp*Wp) is preallocated and overwritten.
-    O(N*O*Cg*KH*KW*OH*Wp).  Tasks own (n, c) planes and scatter only into them: race-free.
+    The weight gradient of :func:`conv_planes` on its entries (the stored pattern).
+    gwide (N, R, >= L) is grad_out on the wide grid with *zeros* in the dropped columns;
+    src as in :func:`conv_planes`; out (nnz,) is preallocated and overwritten.
+    O(N * nnz * L).  Tasks own ``rows_per_task`` consecutive rows and add the batch in a fixed
+    order: deterministic.  Several rows per task let one image's planes, once in cache, serve
+    all of them (one row per task re-read the whole input from memory for every row).
     """
-    n_img, n_in, plane = gxp.shape
-    n_out, n_cg, kh, kw = w.shape
-    n_og = n_out // (n_in // n_cg)
-    length = gwide.shape[2] - wp + out_w
-    for t in prange(n_img * n_in):
-        n = t // n_in
-        c = t - n * n_in
-        g = c // n_cg
-        cl = c - g * n_cg
-        gx = gxp[n, c]
-        for i in range(plane):
-            gx[i] = 0
-        for ol in range(n_og):
-            o = g * n_og + ol
-            gs = gwide[n, o]
-            for ki in range(kh):
-                for kj in range(kw):
-                    wv = w[o, cl, ki, kj]
-                    off = ki * dh * wp + kj * dw
+    n_img = src.shape[0]
+    n_rows = row_ptr.shape[0] - 1
+    n_tasks = (n_rows + rows_per_task - 1) // rows_per_task
+    for t in prange(n_tasks):
+        r0 = t * rows_per_task
+        r1 = min(n_rows, r0 + rows_per_task)
+        for k in range(row_ptr[r0], row_ptr[r1]):
+            out[k] = 0
+        for n in range(n_img):
+            for r in range(r0, r1):
+                start = row_ptr[r]
+                end = row_ptr[r + 1]
+                gs = gwide[n, r, :length]
+                xs = src[n]
+                k = start
+                while k + 3 <= end:
+                    o0, o1, o2 = ent_off[k], ent_off[k + 1], ent_off[k + 2]
+                    s0 = xs[ent_plane[k], ent_phase[k], o0:o0 + length]
+                    s1 = xs[ent_plane[k + 1], ent_phase[k + 1], o1:o1 + length]
+                    s2 = xs[ent_plane[k + 2], ent_phase[k + 2], o2:o2 + length]
+                    d0 = out.dtype.type(0)
+                    d1 = out.dtype.type(0)
+                    d2 = out.dtype.type(0)
                     for i in range(length):
-                        gx[off + i] += wv * gs[i]
-
-
-@njit(**_OPTS)
-def conv2d_grad_weight_wide(gwide, xp, dh, dw, wp, out_w, gw):
-    """Stride-1 weight gradient: gw[o, c, ki, kj] = sum_n <gwide[n, o], xp[n, g*Cg+c] shifted>.
-
-    gwide (N, O, OH*Wp) with zeros in the dropped columns; xp (N, C, Hp*Wp);
-    gw (O, Cg, KH, KW) is preallocated and overwritten.  O(N*O*Cg*KH*KW*OH*Wp).
-    Tasks own output channels and sum over the batch in a fixed order: race-free and
-    deterministic.
-    """
-    n_out, n_cg, kh, kw = gw.shape
-    n_img = xp.shape[0]
-    n_og = n_out // (xp.shape[1] // n_cg)
-    length = gwide.shape[2] - wp + out_w
-    for o in prange(n_out):
-        c0 = (o // n_og) * n_cg
-        for c in range(n_cg):
-            for ki in range(kh):
-                for kj in range(kw):
-                    gw[o, c, ki, kj] = 0
-        for n in range(n_img):
-            gs = gwide[n, o]
-            for c in range(n_cg):
-                xs = xp[n, c0 + c]
-                for ki in range(kh):
-                    for kj in range(kw):
-                        off = ki * dh * wp + kj * dw
-                        s = gw.dtype.type(0)
-                        for i in range(length):
-                            s += gs[i] * xs[off + i]
-                        gw[o, c, ki, kj] += s
-
-
-# --------------------------------------------------------------------------- dense conv, rows
-@njit(**_OPTS)
-def conv2d_fwd_rows(xp, w, bias, sh, sw, dh, dw, out):
-    """Any-stride forward, one strided axpy per output row.
-
-    xp (N, C, Hp, Wp) padded; w (O, Cg, KH, KW); bias (O,); out (N, O, OH, OW) is
-    preallocated and overwritten.  O(N*O*Cg*KH*KW*OH*OW).  Tasks own (n, o) planes.
-    """
-    n_img, n_out, out_h, out_w = out.shape
-    n_cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
-    n_og = n_out // (xp.shape[1] // n_cg)
-    for t in prange(n_img * n_out):
-        n = t // n_out
-        o = t - n * n_out
-        c0 = (o // n_og) * n_cg
-        dst = out[n, o]
-        b = bias[o]
-        for r in range(out_h):
-            row = dst[r]
-            for j in range(out_w):
-                row[j] = b
-            for c in range(n_cg):
-                xs = xp[n, c0 + c]
-                for ki in range(kh):
-                    xrow = xs[r * sh + ki * dh]
-                    for kj in range(kw):
-                        wv = w[o, c, ki, kj]
-                        base = kj * dw
-                        for j in range(out_w):
-                            row[j] += wv * xrow[base + j * sw]
-
-
-@njit(**_OPTS)
-def conv2d_grad_input_rows(g, w, sh, sw, dh, dw, gxp):
-    """Any-stride input gradient on the padded grid (adjoint of :func:`conv2d_fwd_rows`).
-
-    g (N, O, OH, OW); w (O, Cg, KH, KW); gxp (N, C, Hp, Wp) is preallocated and
-    overwritten.  Tasks own (n, c) planes: race-free.
-    """
-    n_img, n_in, hp, wp = gxp.shape
-    n_out, n_cg, kh, kw = w.shape
-    out_h, out_w = g.shape[2], g.shape[3]
-    n_og = n_out // (n_in // n_cg)
-    for t in prange(n_img * n_in):
-        n = t // n_in
-        c = t - n * n_in
-        gi = c // n_cg
-        cl = c - gi * n_cg
-        gx = gxp[n, c]
-        for r in range(hp):
-            for j in range(wp):
-                gx[r, j] = 0
-        for ol in range(n_og):
-            o = gi * n_og + ol
-            for r in range(out_h):
-                grow = g[n, o, r]
-                for ki in range(kh):
-                    xrow = gx[r * sh + ki * dh]
-                    for kj in range(kw):
-                        wv = w[o, cl, ki, kj]
-                        base = kj * dw
-                        for j in range(out_w):
-                            xrow[base + j * sw] += wv * grow[j]
-
-
-@njit(**_OPTS)
-def conv2d_grad_weight_rows(g, xp, sh, sw, dh, dw, gw):
-    """Any-stride weight gradient; gw (O, Cg, KH, KW) is preallocated and overwritten.
-
-    g (N, O, OH, OW); xp (N, C, Hp, Wp).  Tasks own output channels, fixed batch order.
-    """
-    n_out, n_cg, kh, kw = gw.shape
-    n_img = xp.shape[0]
-    out_h, out_w = g.shape[2], g.shape[3]
-    n_og = n_out // (xp.shape[1] // n_cg)
-    for o in prange(n_out):
-        c0 = (o // n_og) * n_cg
-        for c in range(n_cg):
-            for ki in range(kh):
-                for kj in range(kw):
-                    gw[o, c, ki, kj] = 0
-        for n in range(n_img):
-            for c in range(n_cg):
-                xs = xp[n, c0 + c]
-                for ki in range(kh):
-                    for kj in range(kw):
-                        base = kj * dw
-                        s = gw.dtype.type(0)
-                        for r in range(out_h):
-                            grow = g[n, o, r]
-                            xrow = xs[r * sh + ki * dh]
-                            for j in range(out_w):
-                                s += grow[j] * xrow[base + j * sw]
-                        gw[o, c, ki, kj] += s
-
-
-# --------------------------------------------------------------------------- weight-sparse conv
-# The weight is a CSR matrix (O, Cg*KH*KW); column col encodes (c, ki, kj) as
-# c*KH*KW + ki*KW + kj, the row-major flattening of a dense (Cg, KH, KW) filter.  Only the
-# stored taps are visited: the work is O(nnz * N * plane) instead of O(O*Cg*KH*KW * N * plane),
-# and a dense filter is never formed.
-@njit(**_OPTS)
-def sparse_conv2d_fwd_wide(xp, indptr, indices, data, bias, kh, kw, dh, dw, n_cg, n_chunks, scratch, out):
-    """Stride-1 weight-sparse forward; same layout as :func:`conv2d_fwd_wide`.
-
-    xp (N, C, Hp*Wp); CSR (indptr, indices, data) of shape (O, Cg*KH*KW); bias (O,);
-    scratch (n_chunks, OH*Wp); out (N, O, OH, OW) preallocated and overwritten.
-    O(N * (nnz + O) * OH*Wp).  Chunks own disjoint (n, o) planes: race-free.
-    """
-    n_img, n_out, out_h, out_w = out.shape
-    wp = (out_w - 1) + (kw - 1) * dw + 1
-    n_og = n_out // (xp.shape[1] // n_cg)
-    length = (out_h - 1) * wp + out_w
-    kk = kh * kw
-    n_tasks = n_img * n_out
-    per = (n_tasks + n_chunks - 1) // n_chunks
-    for ch in prange(n_chunks):
-        acc = scratch[ch]
-        for t in range(ch * per, min(n_tasks, (ch + 1) * per)):
-            n = t // n_out
-            o = t - n * n_out
-            c0 = (o // n_og) * n_cg
-            b = bias[o]
-            for i in range(length):
-                acc[i] = b
-            for k in range(indptr[o], indptr[o + 1]):
-                col = indices[k]
-                c = col // kk
-                ki = (col - c * kk) // kw
-                kj = col - c * kk - ki * kw
-                wv = data[k]
-                xs = xp[n, c0 + c]
-                off = ki * dh * wp + kj * dw
-                for i in range(length):
-                    acc[i] += wv * xs[off + i]
-            dst = out[n, o]
-            for r in range(out_h):
-                for j in range(out_w):
-                    dst[r, j] = acc[r * wp + j]
-
-
-@njit(**_OPTS)
-def sparse_conv2d_fwd_rows(xp, indptr, indices, data, bias, kh, kw, sh, sw, dh, dw, n_cg, out):
-    """Any-stride weight-sparse forward.  xp (N, C, Hp, Wp); out (N, O, OH, OW) overwritten."""
-    n_img, n_out, out_h, out_w = out.shape
-    n_og = n_out // (xp.shape[1] // n_cg)
-    kk = kh * kw
-    for t in prange(n_img * n_out):
-        n = t // n_out
-        o = t - n * n_out
-        c0 = (o // n_og) * n_cg
-        dst = out[n, o]
-        b = bias[o]
-        for r in range(out_h):
-            row = dst[r]
-            for j in range(out_w):
-                row[j] = b
-            for k in range(indptr[o], indptr[o + 1]):
-                col = indices[k]
-                c = col // kk
-                ki = (col - c * kk) // kw
-                kj = col - c * kk - ki * kw
-                wv = data[k]
-                xrow = xp[n, c0 + c, r * sh + ki * dh]
-                base = kj * dw
-                for j in range(out_w):
-                    row[j] += wv * xrow[base + j * sw]
-
-
-@njit(**_OPTS)
-def sparse_conv2d_grad_input_wide(gwide, indptr_t, indices_t, perm, data, kh, kw, dh, dw, wp, out_w, n_og, gxp):
-    """Stride-1 weight-sparse input gradient, walking W^T (CSC of W) per input channel.
-
-    gwide (N, O, OH*Wp) with zeros in the dropped columns; (indptr_t, indices_t, perm) the
-    pattern of W^T, W^T's data being ``data[perm]``; gxp (N, C, Hp*Wp) preallocated and
-    overwritten.  Tasks own (n, c) planes: race-free.
-    """
-    n_img, n_in, plane = gxp.shape
-    kk = kh * kw
-    n_cg = (indptr_t.shape[0] - 1) // kk
-    length = gwide.shape[2] - wp + out_w
-    for t in prange(n_img * n_in):
-        n = t // n_in
-        c = t - n * n_in
-        gi = c // n_cg
-        cl = c - gi * n_cg
-        o_lo = gi * n_og
-        o_hi = o_lo + n_og
-        gx = gxp[n, c]
-        for i in range(plane):
-            gx[i] = 0
-        for tap in range(kk):
-            ki = tap // kw
-            kj = tap - ki * kw
-            off = ki * dh * wp + kj * dw
-            col = cl * kk + tap
-            # W^T's row is sorted by output channel: the group's entries are one run.
-            for q in range(indptr_t[col], indptr_t[col + 1]):
-                o = indices_t[q]
-                if o < o_lo:
-                    continue
-                if o >= o_hi:
-                    break
-                wv = data[perm[q]]
-                gs = gwide[n, o]
-                for i in range(length):
-                    gx[off + i] += wv * gs[i]
-
-
-@njit(**_OPTS)
-def sparse_conv2d_grad_input_rows(g, indptr_t, indices_t, perm, data, kh, kw, sh, sw, dh, dw, n_og, gxp):
-    """Any-stride weight-sparse input gradient; gxp (N, C, Hp, Wp) preallocated and overwritten."""
-    n_img, n_in, hp, wp = gxp.shape
-    out_h, out_w = g.shape[2], g.shape[3]
-    kk = kh * kw
-    n_cg = (indptr_t.shape[0] - 1) // kk
-    for t in prange(n_img * n_in):
-        n = t // n_in
-        c = t - n * n_in
-        gi = c // n_cg
-        cl = c - gi * n_cg
-        o_lo = gi * n_og
-        o_hi = o_lo + n_og
-        gx = gxp[n, c]
-        for r in range(hp):
-            for j in range(wp):
-                gx[r, j] = 0
-        for tap in range(kk):
-            ki = tap // kw
-            kj = tap - ki * kw
-            base = kj * dw
-            col = cl * kk + tap
-            for q in range(indptr_t[col], indptr_t[col + 1]):
-                o = indices_t[q]
-                if o < o_lo:
-                    continue
-                if o >= o_hi:
-                    break
-                wv = data[perm[q]]
-                for r in range(out_h):
-                    grow = g[n, o, r]
-                    xrow = gx[r * sh + ki * dh]
-                    for j in range(out_w):
-                        xrow[base + j * sw] += wv * grow[j]
-
-
-@njit(**_OPTS)
-def sparse_conv2d_grad_weight_wide(gwide, xp, indptr, indices, kh, kw, dh, dw, wp, out_w, n_cg, out):
-    """Stride-1 weight gradient on the stored pattern: out[k] for each entry k (nnz,).
-
-    gwide (N, O, OH*Wp) with zeros in the dropped columns; xp (N, C, Hp*Wp); out (nnz,)
-    preallocated and overwritten.  Tasks own weight rows, fixed batch order: deterministic.
-    """
-    n_out = indptr.shape[0] - 1
-    n_img = xp.shape[0]
-    n_og = n_out // (xp.shape[1] // n_cg)
-    kk = kh * kw
-    length = gwide.shape[2] - wp + out_w
-    for o in prange(n_out):
-        c0 = (o // n_og) * n_cg
-        for k in range(indptr[o], indptr[o + 1]):
-            out[k] = 0
-        for n in range(n_img):
-            gs = gwide[n, o]
-            for k in range(indptr[o], indptr[o + 1]):
-                col = indices[k]
-                c = col // kk
-                ki = (col - c * kk) // kw
-                kj = col - c * kk - ki * kw
-                xs = xp[n, c0 + c]
-                off = ki * dh * wp + kj * dw
-                s = out.dtype.type(0)
-                for i in range(length):
-                    s += gs[i] * xs[off + i]
-                out[k] += s
-
-
-@njit(**_OPTS)
-def sparse_conv2d_grad_weight_rows(g, xp, indptr, indices, kh, kw, sh, sw, dh, dw, n_cg, out):
-    """Any-stride weight gradient on the stored pattern; out (nnz,) preallocated and overwritten."""
-    n_out = indptr.shape[0] - 1
-    n_img = xp.shape[0]
-    out_h, out_w = g.shape[2], g.shape[3]
-    n_og = n_out // (xp.shape[1] // n_cg)
-    kk = kh * kw
-    for o in prange(n_out):
-        c0 = (o // n_og) * n_cg
-        for k in range(indptr[o], indptr[o + 1]):
-            out[k] = 0
-        for n in range(n_img):
-            for k in range(indptr[o], indptr[o + 1]):
-                col = indices[k]
-                c = col // kk
-                ki = (col - c * kk) // kw
-                kj = col - c * kk - ki * kw
-                xs = xp[n, c0 + c]
-                base = kj * dw
-                s = out.dtype.type(0)
-                for r in range(out_h):
-                    grow = g[n, o, r]
-                    xrow = xs[r * sh + ki * dh]
-                    for j in range(out_w):
-                        s += grow[j] * xrow[base + j * sw]
-                out[k] += s
+                        d0 += gs[i] * s0[i]
+                        d1 += gs[i] * s1[i]
+                        d2 += gs[i] * s2[i]
+                    out[k] += d0
+                    out[k + 1] += d1
+                    out[k + 2] += d2
+                    k += 3
+                while k < end:
+                    o0 = ent_off[k]
+                    s0 = xs[ent_plane[k], ent_phase[k], o0:o0 + length]
+                    d0 = out.dtype.type(0)
+                    for i in range(length):
+                        d0 += gs[i] * s0[i]
+                    out[k] += d0
+                    k += 1
 
 
 # --------------------------------------------------------------------------- locally connected

@@ -40,10 +40,6 @@ def max_pool2d_fwd(x, kh, kw, sh, sw, ph, pw, out):
                         v = xs[a, b]
                         if v > m or v != v:
                             m = v
-                            if v != v:
-                                break
-                    if m != m:
-                        break
                 out[n, c, r, j] = m
 
 

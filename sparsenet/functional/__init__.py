@@ -14,3 +14,14 @@ __all__ = ["sparse_linear", "sparse_linear_backward", "linear", "linear_backward
 from .loss import cross_entropy, cross_entropy_backward, mse_loss, mse_loss_backward  # noqa: E402
 
 __all__ += ["cross_entropy", "cross_entropy_backward", "mse_loss", "mse_loss_backward"]
+
+from .conv import (  # noqa: E402
+    conv2d, conv2d_backward, locally_connected2d, locally_connected2d_backward, sparse_conv2d,
+    sparse_conv2d_backward,
+)
+from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward  # noqa: E402
+
+__all__ += [
+    "conv2d", "conv2d_backward", "sparse_conv2d", "sparse_conv2d_backward", "locally_connected2d",
+    "locally_connected2d_backward", "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
+]

@@ -186,3 +186,85 @@ class SparseConv2d(_ConvBase):
         config = super().get_config()
         config["density"] = float(self.init_density)
         return config
+
+
+class LocallyConnected2d(Module):
+    """Like :class:`Conv2d` but with a separate filter at every output position (no weight sharing).
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    input_size : int or (int, int)
+        (H, W) of the input: the number of filters depends on it.
+    kernel_size : int or (int, int)
+    stride, padding : int or (int, int), default 1, 0
+    bias : bool, default=True
+        One bias per output channel *and* position, shape (C_out, H_out, W_out).
+    rng : None, int or numpy.random.Generator
+    dtype : {float32, float64}, default=float32
+
+    Notes
+    -----
+    Input (N, C_in, H, W); output (N, C_out, H_out, W_out).  Weight shape
+    (H_out, W_out, C_out, C_in, kh, kw), initialised like a convolution with the same fan-in:
+    U(-1/sqrt(C_in kh kw), 1/sqrt(C_in kh kw)).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lc = LocallyConnected2d(1, 2, 6, 3, rng=0)
+    >>> lc.weight.shape, lc(np.zeros((1, 1, 6, 6), np.float32)).shape
+    ((4, 4, 2, 1, 3, 3), (1, 2, 4, 4))
+    """
+
+    def __init__(self, in_channels, out_channels, input_size, kernel_size, stride=1, padding=0, bias=True, *,
+                 rng=None, dtype=np.float32):
+        super().__init__()
+        _check_channels(in_channels, out_channels, 1)
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.input_size = _pair(input_size, "input_size")
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        self.padding = _pair(padding, "padding")
+        if min(self.kernel_size + self.stride + self.input_size) <= 0 or min(self.padding) < 0:
+            raise ValueError(
+                f"input_size, kernel_size and stride must be positive and padding non-negative; got "
+                f"input_size={self.input_size}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}"
+            )
+        (h, w), (kh, kw), (sh, sw), (ph, pw) = self.input_size, self.kernel_size, self.stride, self.padding
+        oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        if oh <= 0 or ow <= 0:
+            raise ValueError(f"kernel {self.kernel_size} is larger than the padded input {(h + 2 * ph, w + 2 * pw)}")
+        self.output_size = (oh, ow)
+        self.dtype = float_dtype(dtype)
+        rng = check_random_state(rng)
+        bound = init.default_bound(in_channels * kh * kw)
+        self.weight = Parameter(init.uniform((oh, ow, out_channels, in_channels, kh, kw), bound, rng=rng,
+                                             dtype=self.dtype))
+        self.bias = Parameter(init.uniform((out_channels, oh, ow), bound, rng=rng, dtype=self.dtype)) if bias else None
+
+    def forward(self, x):
+        if np.ndim(x) == 4 and tuple(np.shape(x)[2:]) != self.input_size:
+            raise ValueError(
+                f"LocallyConnected2d was built for inputs of size {self.input_size}; got shape {np.shape(x)}"
+            )
+        y = F.locally_connected2d(x, self.weight.data, None if self.bias is None else self.bias.data,
+                                  stride=self.stride, padding=self.padding)
+        self._save(x)
+        return y
+
+    def backward(self, grad_out):
+        x = self._saved()
+        grad_x, grad_w, grad_b = F.locally_connected2d_backward(grad_out, x, self.weight.data,
+                                                                stride=self.stride, padding=self.padding)
+        self.weight.accumulate_grad(grad_w)
+        if self.bias is not None:
+            self.bias.accumulate_grad(grad_b)
+        return grad_x
+
+    def get_config(self):
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "input_size": list(self.input_size), "kernel_size": list(self.kernel_size),
+                "stride": list(self.stride), "padding": list(self.padding), "bias": self.bias is not None,
+                "dtype": str(self.dtype)}

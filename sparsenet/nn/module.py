@@ -172,6 +172,27 @@ class Module:
     ``forward`` keeps what ``backward`` needs; ``backward`` consumes it, so a backward without
     a forward (or a second backward for one forward) raises ``RuntimeError``.  ``backward``
     accumulates into ``p.grad`` and never modifies its argument.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> class Scale(Module):
+    ...     def __init__(self, factor=2.0):
+    ...         super().__init__()
+    ...         self.factor = factor
+    ...     def forward(self, x):
+    ...         self._save(np.shape(x))
+    ...         return x * self.factor
+    ...     def backward(self, grad_out):
+    ...         self._saved()
+    ...         return grad_out * self.factor
+    ...     def get_config(self):
+    ...         return {"factor": self.factor}
+    >>> layer = Scale()
+    >>> layer(np.ones(2)), layer.backward(np.ones(2))
+    (array([2., 2.]), array([2., 2.]))
+    >>> from_config(layer.describe())
+    Scale(factor=2.0)
     """
 
     def __init_subclass__(cls, **kwargs):

@@ -1,0 +1,491 @@
+"""CUDA launch wrappers: device arrays in, device arrays out, no host round trip.
+
+Import this package freely: ``numba.cuda`` and the kernel modules are imported on the first
+call of a wrapper, i.e. when a device array has arrived.  Every wrapper takes the same logical
+shapes as the host dispatch in ``sparsenet.kernels`` (X as (batch, features) and so on), accepts
+numba device arrays and anything with ``__cuda_array_interface__`` (CuPy, torch CUDA tensors;
+wrapped without a copy), and returns numba device arrays.  Host (NumPy) arguments raise
+instead of being copied implicitly: numba would otherwise copy them to the device and back at
+every launch.
+
+Layout: the kernels want dense operands feature-major (features, batch) C-contiguous, like the
+CPU kernels.  A (batch, features) F-ordered device array is exactly that and is used as is;
+any other layout is transposed on the device by a shared-memory tile kernel.  Outputs of
+``spmm``/``spmm_t`` are returned as F-ordered (batch, features) views of the feature-major
+result, so a chain of sparse layers never transposes.
+
+Transposed products (``spmm_t``) are race-free and deterministic without atomics: they run
+the forward kernel over the transposed *pattern* of W (CSC of W), reading W's values through
+the transpose permutation.  The pattern is fixed across training steps (pruning and regrowth
+make a new one), so it is computed once per pattern (``transpose_pattern``, one host transpose
+on first use) and cached against the device ``indices`` array; optimizer updates of ``data``
+need no re-transpose.
+"""
+import math
+import weakref
+
+import numpy as np
+
+__all__ = [
+    "to_device", "to_host", "as_device_array", "feature_major", "empty",
+    "spmm", "spmm_t", "sddmm", "transpose_pattern",
+    "sgd_update", "adam_update",
+]
+
+_FMT = "{name} must be a CUDA device array (numba device array or __cuda_array_interface__); got {got}"
+
+
+def _cuda():
+    from numba import cuda  # noqa: PLC0415  (lazy: only when a device array has arrived)
+
+    return cuda
+
+
+def _csr():
+    from . import csr  # noqa: PLC0415
+
+    return csr
+
+
+def _update():
+    from . import update  # noqa: PLC0415
+
+    return update
+
+
+def _is_simulator():
+    import numba  # noqa: PLC0415
+
+    return bool(numba.config.ENABLE_CUDASIM)
+
+
+# ----------------------------------------------------------------------------- arrays
+def as_device_array(a, name="array"):
+    """A numba device array for ``a`` without copying; TypeError for host arrays."""
+    cuda = _cuda()
+    if cuda.devicearray.is_cuda_ndarray(a):
+        return a
+    if hasattr(a, "__cuda_array_interface__"):
+        if not hasattr(cuda, "as_cuda_array"):  # the simulator cannot wrap foreign device memory
+            raise TypeError(f"{name}: foreign CUDA arrays cannot be used under the CUDA simulator")
+        return cuda.as_cuda_array(a)
+    raise TypeError(_FMT.format(name=name, got=f"{type(a).__name__} (host memory); move it with to_device"))
+
+
+def to_device(a):
+    """Copy a host array to the GPU (a device array is returned unchanged)."""
+    cuda = _cuda()
+    if cuda.devicearray.is_cuda_ndarray(a) or hasattr(a, "__cuda_array_interface__"):
+        return as_device_array(a)
+    return cuda.to_device(np.ascontiguousarray(a))
+
+
+def to_host(a):
+    """Copy a device array back to a NumPy array (a NumPy array is returned unchanged)."""
+    if isinstance(a, np.ndarray):
+        return a
+    return as_device_array(a).copy_to_host()
+
+
+def empty(shape, dtype):
+    """Uninitialised device array (C order)."""
+    return _cuda().device_array(shape, dtype=np.dtype(dtype))
+
+
+def _transposed_view(a):
+    """(R, C) device array -> its (C, R) transpose as a view (no copy, no kernel).
+
+    ``DeviceNDArray.T`` on a real GPU launches a copy kernel; this swaps shape and strides on
+    the same memory instead.  The simulator's arrays are NumPy arrays underneath, whose ``.T``
+    is already a view.
+    """
+    if _is_simulator():
+        return a.T
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray  # noqa: PLC0415
+
+    return DeviceNDArray(
+        shape=(a.shape[1], a.shape[0]), strides=(a.strides[1], a.strides[0]), dtype=a.dtype,
+        stream=a.stream, gpu_data=a.gpu_data,
+    )
+
+
+def _is_c_contiguous(shape, strides, itemsize):
+    expected = itemsize
+    for n, s in zip(shape[::-1], strides[::-1]):
+        if n > 1 and s != expected:
+            return False
+        expected *= n
+    return True
+
+
+def feature_major(a, name="x"):
+    """(batch, features) device array -> (features, batch) C-contiguous device array.
+
+    Free (a view) when ``a`` is F-ordered, e.g. the output of ``spmm``; otherwise one tiled
+    transpose kernel on the device.
+    """
+    a = as_device_array(a, name)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (batch, features); got shape {a.shape}")
+    t_shape = (a.shape[1], a.shape[0])
+    t_strides = (a.strides[1], a.strides[0])
+    if _is_c_contiguous(t_shape, t_strides, a.dtype.itemsize):
+        return _transposed_view(a)
+    out = empty(t_shape, a.dtype)
+    _launch_transpose(a, out)
+    return out
+
+
+def _launch_transpose(a, out):
+    csr = _csr()
+    n_r, n_c = a.shape
+    if n_r == 0 or n_c == 0:
+        return
+    block = (csr.TILE, csr.TILE_ROWS)
+    grid = (math.ceil(n_c / csr.TILE), math.ceil(n_r / csr.TILE))
+    csr.transpose_2d[grid, block](a, out)
+
+
+def _fill(out, value):
+    csr = _csr()
+    n = out.shape[0]
+    if n == 0:
+        return
+    blocks = min(math.ceil(n / csr.FILL_THREADS), csr.FILL_MAX_BLOCKS)
+    csr.fill[blocks, csr.FILL_THREADS](out, value)
+
+
+def _same_dtype(**arrays):
+    dtypes = {name: a.dtype for name, a in arrays.items()}
+    if len(set(dtypes.values())) > 1:
+        listing = ", ".join(f"{name} {dt}" for name, dt in dtypes.items())
+        raise TypeError(f"CUDA kernels need one float dtype for all operands; got {listing}")
+
+
+def _pattern(indptr, indices):
+    return as_device_array(indptr, "indptr"), as_device_array(indices, "indices")
+
+
+# ----------------------------------------------------------------------------- CSR products
+def _launch_spmm(indptr, indices, perm, gather, data, x_t, out_t):
+    csr = _csr()
+    n_row, batch = out_t.shape
+    if n_row == 0 or batch == 0:
+        return
+    block = (csr.WARP, csr.SPMM_WARPS)  # one warp per row, lanes along the batch
+    grid = (math.ceil(n_row / csr.SPMM_WARPS), math.ceil(batch / csr.SPMM_BATCH_TILE))
+    csr.csr_spmm[grid, block](indptr, indices, perm, gather, data, x_t, out_t)
+
+
+def spmm(indptr, indices, data, x):
+    """Y = X W^T for device X (B, n_col) and device CSR W (n_row, n_col); returns Y (B, n_row).
+
+    Y is an F-ordered view of a (n_row, B) C-contiguous device array, so passing it on to the
+    next sparse layer costs no transpose.
+    """
+    indptr, indices = _pattern(indptr, indices)
+    data = as_device_array(data, "data")
+    x_t = feature_major(x, "x")
+    _same_dtype(data=data, x=x_t)
+    out_t = empty((indptr.shape[0] - 1, x_t.shape[1]), data.dtype)
+    _launch_spmm(indptr, indices, indices, False, data, x_t, out_t)  # perm unused: gather=False
+    return _transposed_view(out_t)
+
+
+# Transposed patterns, cached per device ``indices`` array object (the pattern is immutable):
+# id(indices) -> (weakref to indices, n_col, weakref to indptr, result).  Keyed by identity,
+# not by hash (device arrays may define elementwise ``__eq__``); an entry leaves with its array.
+_T_CACHE = {}
+
+
+def _cached_pattern(n_col, indptr, indices):
+    hit = _T_CACHE.get(id(indices))
+    if hit is not None and hit[0]() is indices and hit[1] == n_col and hit[2]() is indptr:
+        return hit[3]
+    return None
+
+
+def transpose_pattern(n_col, indptr, indices):
+    """W^T's pattern on the device: (indptr_t, indices_t, perm), W^T's data being ``data[perm]``.
+
+    Computed once per pattern with the host ``csr_transpose`` (one device-to-host copy of the
+    pattern, at the first transposed product), then cached against the ``indices`` device array
+    object for as long as it lives.  Arrays wrapped afresh at each call (CuPy, torch) miss the
+    cache: pass the result to ``spmm_t(..., pattern_t=...)`` and keep it yourself.
+    """
+    indptr, indices = _pattern(indptr, indices)
+    result = _cached_pattern(n_col, indptr, indices)
+    if result is not None:
+        return result
+    from .. import csr_transpose  # noqa: PLC0415  (the host kernel: a one-off per pattern)
+
+    indptr_t, indices_t, perm = csr_transpose(n_col, indptr.copy_to_host(), indices.copy_to_host())
+    cuda = _cuda()
+    result = (cuda.to_device(indptr_t), cuda.to_device(indices_t), cuda.to_device(perm))
+    key = id(indices)
+    try:
+        entry = (weakref.ref(indices, lambda _, key=key: _T_CACHE.pop(key, None)), n_col,
+                 weakref.ref(indptr), result)
+    except TypeError:  # not weak-referenceable: no caching
+        return result
+    _T_CACHE[key] = entry
+    return result
+
+
+def spmm_t(indptr, indices, data, n_col, g, *, pattern_t=None):
+    """grad_X = G W for device G (B, n_row) and device CSR W (n_row, n_col); returns (B, n_col).
+
+    Runs the forward kernel over W's transposed pattern (``pattern_t``, default: the cached
+    ``transpose_pattern``) and gathers W's values through its permutation: every output
+    element has one writer, no atomics, deterministic.  Result F-ordered like ``spmm``.
+    """
+    indptr, indices = _pattern(indptr, indices)
+    data = as_device_array(data, "data")
+    if pattern_t is None:
+        pattern_t = transpose_pattern(n_col, indptr, indices)
+    indptr_t, indices_t, perm = (as_device_array(a, n) for a, n in zip(pattern_t, ("indptr_t", "indices_t", "perm")))
+    if indptr_t.shape[0] != n_col + 1 or indices_t.shape[0] != indices.shape[0]:
+        raise ValueError(
+            f"pattern_t does not match W: expected indptr_t of length n_col + 1 = {n_col + 1} and "
+            f"{indices.shape[0]} indices; got {indptr_t.shape[0]} and {indices_t.shape[0]}"
+        )
+    g_t = feature_major(g, "g")
+    _same_dtype(data=data, g=g_t)
+    out_t = empty((n_col, g_t.shape[1]), data.dtype)
+    _launch_spmm(indptr_t, indices_t, perm, True, data, g_t, out_t)
+    return _transposed_view(out_t)
+
+
+def sddmm(indptr, indices, g, x):
+    """grad_W[k] = sum_b G[b, row_k] X[b, col_k] on W's pattern; G (B, n_row), X (B, n_col).
+
+    Returns a (nnz,) device array of G's dtype.
+    """
+    csr = _csr()
+    indptr, indices = _pattern(indptr, indices)
+    g_t = feature_major(g, "g")
+    x_t = feature_major(x, "x")
+    _same_dtype(g=g_t, x=x_t)
+    out = empty((indices.shape[0],), g_t.dtype)
+    n_row = indptr.shape[0] - 1
+    if indices.shape[0] == 0:
+        return out
+    block = (csr.WARP, csr.SDDMM_WARPS)  # one block per row: 4 entries per warp, lanes along the batch
+    grid = (n_row,)
+    csr.csr_sddmm[grid, block](indptr, indices, g_t, x_t, out)
+    return out
+
+
+# ----------------------------------------------------------------------------- optimizers
+def _flat(a, name):
+    a = as_device_array(a, name)
+    if a.ndim != 1:
+        if not _is_c_contiguous(a.shape, a.strides, a.dtype.itemsize):
+            raise ValueError(f"{name} must be C-contiguous to be updated in place; got strides {a.strides}")
+        a = a.reshape(a.size)
+    return a
+
+
+def _update_grid(n):
+    upd = _update()
+    return min(math.ceil(n / upd.UPDATE_THREADS), upd.UPDATE_MAX_BLOCKS), upd.UPDATE_THREADS
+
+
+def sgd_update(lr, momentum, dampening, weight_decay, nesterov, first, param, grad, buf):
+    """One SGD step in place on device buffers; same arguments as ``kernels.cpu.update.sgd_update``.
+
+    ``buf`` may be ``None`` (or empty) when ``momentum == 0``.
+    """
+    param, grad = _flat(param, "param"), _flat(grad, "grad")
+    buf = grad if buf is None or momentum == 0 else _flat(buf, "buf")
+    n = param.shape[0]
+    if n == 0:
+        return
+    blocks, threads = _update_grid(n)
+    _update().sgd_update[blocks, threads](
+        float(lr), float(momentum), float(dampening), float(weight_decay), bool(nesterov), bool(first),
+        param, grad, buf,
+    )
+
+
+def adam_update(lr, beta1, beta2, eps, weight_decay, decoupled, step, param, grad, exp_avg, exp_avg_sq):
+    """One Adam/AdamW step in place on device buffers; same arguments as the CPU kernel.
+
+    ``step`` is the 1-based step count after incrementing, a host integer: the bias
+    corrections are computed here on the host and passed as scalars.
+    """
+    param, grad = _flat(param, "param"), _flat(grad, "grad")
+    exp_avg, exp_avg_sq = _flat(exp_avg, "exp_avg"), _flat(exp_avg_sq, "exp_avg_sq")
+    n = param.shape[0]
+    if n == 0:
+        return
+    step_size = lr / (1 - beta1 ** step)
+    bias_correction2_sqrt = math.sqrt(1 - beta2 ** step)
+    blocks, threads = _update_grid(n)
+    _update().adam_update[blocks, threads](
+        float(lr), float(beta1), float(beta2), float(eps), float(weight_decay), bool(decoupled),
+        float(step_size), float(bias_correction2_sqrt), param, grad, exp_avg, exp_avg_sq,
+    )
+
+
+# ----------------------------------------------------------------------------- conv and pool
+# Same signatures as the host dispatch in sparsenet.kernels (NCHW; geometry already validated
+# and normalised to int pairs).  Device arrays in, device arrays out.
+def _conv():
+    from . import conv  # noqa: PLC0415
+
+    return conv
+
+
+def _pool():
+    from . import pool  # noqa: PLC0415
+
+    return pool
+
+
+def _out_size(size, kernel, stride, padding, dilation):
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _nchw(a, name):
+    a = as_device_array(a, name)
+    if a.ndim != 4:
+        raise ValueError(f"{name} must be 4-D (N, C, H, W); got shape {a.shape}")
+    return a
+
+
+def _conv_taps_fit(kh, kw):
+    conv = _conv()
+    if kh * kw > conv.CONV_WSTAGE:
+        raise NotImplementedError(
+            f"conv2d on CUDA stages whole filters of at most {conv.CONV_WSTAGE} taps in shared memory; "
+            f"got a {kh}x{kw} kernel"
+        )
+
+
+def _tiled_grid(planes, height, width):
+    conv = _conv()
+    block = (conv.CONV_TX, conv.CONV_TY)
+    grid = (planes, math.ceil(height / conv.CONV_TY) * math.ceil(width / conv.CONV_TX))
+    return grid, block
+
+
+def conv2d(x, weight, bias, stride, padding, dilation):
+    """Direct convolution on the device: x (N, C, H, W), weight (O, C/groups, KH, KW) -> (N, O, OH, OW)."""
+    conv = _conv()
+    x, weight = _nchw(x, "x"), _nchw(weight, "weight")
+    n = x.shape[0]
+    o, _, kh, kw = weight.shape
+    _conv_taps_fit(kh, kw)
+    out_h = _out_size(x.shape[2], kh, stride[0], padding[0], dilation[0])
+    out_w = _out_size(x.shape[3], kw, stride[1], padding[1], dilation[1])
+    out = empty((n, o, max(out_h, 0), max(out_w, 0)), x.dtype)
+    if bias is None:
+        bias = empty((o,), x.dtype)
+        _fill(bias, 0.0)
+    else:
+        bias = as_device_array(bias, "bias")
+    if out.size == 0:
+        return out
+    grid, block = _tiled_grid(n * o, out_h, out_w)  # a block per output tile of one (n, o) plane
+    conv.conv2d_fwd[grid, block](x, weight, bias, *stride, *padding, *dilation, out)
+    return out
+
+
+def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, need_weight=True):
+    """(grad_x or None, grad_weight or None) of :func:`conv2d`, on the device."""
+    conv = _conv()
+    g, x, weight = _nchw(g, "g"), _nchw(x, "x"), _nchw(weight, "weight")
+    o, c_g, kh, kw = weight.shape
+    _conv_taps_fit(kh, kw)
+    grad_x = grad_w = None
+    if need_input:
+        grad_x = empty(x.shape, x.dtype)
+        if grad_x.size:
+            grid, block = _tiled_grid(x.shape[0] * x.shape[1], x.shape[2], x.shape[3])
+            conv.conv2d_grad_input[grid, block](g, weight, *stride, *padding, *dilation, grad_x)
+    if need_weight:
+        grad_w = empty(weight.shape, x.dtype)
+        if grad_w.size:
+            conv.conv2d_grad_weight[(o * c_g * kh * kw,), (conv.RED_THREADS,)](
+                g, x, *stride, *padding, *dilation, grad_w)
+    return grad_x, grad_w
+
+
+def conv2d_grad_bias(g):
+    """grad_bias[o] = sum of g[:, o] over batch and space: (O,) device array."""
+    conv = _conv()
+    g = _nchw(g, "g")
+    out = empty((g.shape[1],), g.dtype)
+    if out.size:
+        conv.channel_sum[(g.shape[1],), (conv.RED_THREADS,)](g, out)  # one block per channel
+    return out
+
+
+def _pool_launch(kernel, total, *args):
+    pool = _pool()
+    if total == 0:
+        return
+    blocks = min(math.ceil(total / pool.POOL_THREADS), pool.POOL_MAX_BLOCKS)
+    kernel[blocks, pool.POOL_THREADS](*args)
+
+
+def _pool_shape(x_shape, kernel, stride, padding):
+    return (x_shape[0], x_shape[1], _out_size(x_shape[2], kernel[0], stride[0], padding[0], 1),
+            _out_size(x_shape[3], kernel[1], stride[1], padding[1], 1))
+
+
+def max_pool2d(x, kernel, stride, padding):
+    """Max pooling, NCHW, on the device; padding acts as -inf."""
+    x = _nchw(x, "x")
+    out = empty(_pool_shape(x.shape, kernel, stride, padding), x.dtype)
+    _pool_launch(_pool().max_pool2d_fwd, out.size, x, *kernel, *stride, *padding, out)
+    return out
+
+
+def max_pool2d_backward(g, x, kernel, stride, padding):
+    """grad_x of :func:`max_pool2d`: each window's grad goes to its (first) maximum."""
+    g, x = _nchw(g, "g"), _nchw(x, "x")
+    gx = empty(x.shape, x.dtype)
+    _pool_launch(_pool().max_pool2d_bwd, gx.size, g, x, *kernel, *stride, *padding, gx)
+    return gx
+
+
+def avg_pool2d(x, kernel, stride, padding):
+    """Average pooling, NCHW, on the device (count_include_pad=True)."""
+    x = _nchw(x, "x")
+    out = empty(_pool_shape(x.shape, kernel, stride, padding), x.dtype)
+    scale = x.dtype.type(1.0 / (kernel[0] * kernel[1]))  # in x's dtype: float32 math stays float32
+    _pool_launch(_pool().avg_pool2d_fwd, out.size, x, *kernel, *stride, *padding, scale, out)
+    return out
+
+
+def avg_pool2d_backward(g, x_shape, dtype, kernel, stride, padding):
+    """grad_x of :func:`avg_pool2d` for an input of shape ``x_shape``."""
+    g = _nchw(g, "g")
+    dtype = np.dtype(dtype)
+    gx = empty(tuple(x_shape), dtype)
+    scale = dtype.type(1.0 / (kernel[0] * kernel[1]))
+    _pool_launch(_pool().avg_pool2d_bwd, gx.size, g, *kernel, *stride, *padding, scale, gx)
+    return gx
+
+
+def _missing(name):
+    def fn(*args, **kwargs):
+        raise NotImplementedError(f"{name} has no CUDA kernel yet; move the arrays to the host with .to('cpu')")
+
+    fn.__name__ = name
+    fn.__doc__ = "Not implemented on CUDA yet: raises NotImplementedError (never a silent host copy)."
+    return fn
+
+
+sparse_conv2d = _missing("sparse_conv2d")
+sparse_conv2d_backward = _missing("sparse_conv2d_backward")
+local2d = _missing("local2d")
+local2d_backward = _missing("local2d_backward")
+
+__all__ += [
+    "conv2d", "conv2d_backward", "conv2d_grad_bias", "max_pool2d", "max_pool2d_backward",
+    "avg_pool2d", "avg_pool2d_backward", "sparse_conv2d", "sparse_conv2d_backward", "local2d",
+    "local2d_backward",
+]

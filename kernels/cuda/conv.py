@@ -1,0 +1,206 @@
+"""CUDA kernels for direct (dense-weight) 2-D convolution, NCHW, PyTorch semantics.
+
+x (N, C, H, W), weight (O, C/groups, KH, KW), stride (sh, sw), padding (ph, pw), dilation
+(dh, dw); groups implied by ``C // weight.shape[1]``.  Padding is never materialised: taps that
+fall outside the input are skipped by bounds checks.
+
+* ``conv2d_fwd``: a block computes a CONV_TY x CONV_TX tile of one output plane (n, o):
+  threadIdx.x runs along output columns, so the input reads ``x[n, c, a, b..]`` of a warp are
+  consecutive for stride 1 (coalesced).  The plane's filter ``weight[o]`` is staged in shared
+  memory CONV_WSTAGE elements at a time (whole input channels per chunk) and read as
+  broadcasts: every thread of the block uses every weight.
+* ``conv2d_grad_input``: the same tiling over input planes (n, c), gathering from every output
+  position that reads (a, b); ``weight[:, c]`` of the group is staged in shared memory.  One
+  writer per element: no atomics.
+* ``conv2d_grad_weight`` / ``channel_sum``: one block per weight element (or per output
+  channel for the bias gradient), threads striding over (n, r, j) with j fastest (coalesced),
+  then a fixed shared-memory tree reduction: deterministic.
+
+Helpers are written inline rather than as ``cuda.jit(device=True)`` functions so that every
+kernel can be compiled to PTX without a GPU (tests/cuda/test_cuda_compile.py); numba needs a
+live device to link a device function.
+
+Geometry (computed beside each launch by the wrappers):
+
+====================  ====================  ==============================================
+kernel                block                 grid
+====================  ====================  ==============================================
+conv2d_fwd            (CONV_TX, CONV_TY)    (N*O, ceil(OH/CONV_TY) * ceil(OW/CONV_TX))
+conv2d_grad_input     (CONV_TX, CONV_TY)    (N*C, ceil(H/CONV_TY) * ceil(W/CONV_TX))
+conv2d_grad_weight    (RED_THREADS,)        (O * C/groups * KH * KW,)
+channel_sum           (RED_THREADS,)        (O,)
+====================  ====================  ==============================================
+"""
+from numba import cuda
+
+CONV_TX = 32
+CONV_TY = 8
+CONV_WSTAGE = 2048  # weights staged per chunk: 8 KiB float32 / 16 KiB float64
+RED_THREADS = 256  # power of two: the tree reduction halves it
+
+
+@cuda.jit
+def conv2d_fwd(x, weight, bias, sh, sw, ph, pw, dh, dw, out):
+    """out[n, o, r, j] = bias[o] + sum_{c, p, q} weight[o, c, p, q] * x[n, c0 + c, r*sh - ph + p*dh,
+    j*sw - pw + q*dw] (c0 = first input channel of o's group; out-of-range taps are zero).
+
+    bias (O,) (zeros when the layer has none); out (N, O, OH, OW) preallocated and overwritten.
+    O(N*O*OH*OW*C/groups*KH*KW).
+    """
+    stage = cuda.shared.array(CONV_WSTAGE, dtype=weight.dtype)
+    n_c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    n_o, c_g, kh, kw = weight.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]
+    out_h, out_w = out.shape[2], out.shape[3]
+    plane = cuda.blockIdx.x
+    n = plane // n_o
+    o = plane - n * n_o
+    tiles_j = (out_w + CONV_TX - 1) // CONV_TX
+    tile_r = cuda.blockIdx.y // tiles_j
+    r = tile_r * CONV_TY + cuda.threadIdx.y
+    j = (cuda.blockIdx.y - tile_r * tiles_j) * CONV_TX + cuda.threadIdx.x
+    inside = r < out_h and j < out_w  # no early return: every thread meets the syncthreads
+    groups = n_c // c_g
+    c_first = (o // (n_o // groups)) * c_g
+    taps = kh * kw
+    per_chunk = CONV_WSTAGE // taps  # >= 1: the wrapper checks taps <= CONV_WSTAGE
+    tid = cuda.threadIdx.y * CONV_TX + cuda.threadIdx.x
+    acc = out.dtype.type(0)
+    for c0 in range(0, c_g, per_chunk):
+        cn = min(per_chunk, c_g - c0)
+        cuda.syncthreads()  # the previous chunk has been used by every thread
+        for t in range(tid, cn * taps, CONV_TX * CONV_TY):
+            cc = t // taps
+            pq = t - cc * taps
+            stage[t] = weight[o, c0 + cc, pq // kw, pq - (pq // kw) * kw]
+        cuda.syncthreads()
+        if inside:
+            for cc in range(cn):
+                c = c_first + c0 + cc
+                for p in range(kh):
+                    a = r * sh - ph + p * dh
+                    if a >= 0 and a < h:
+                        for q in range(kw):
+                            b = j * sw - pw + q * dw
+                            if b >= 0 and b < w:
+                                acc += stage[cc * taps + p * kw + q] * x[n, c, a, b]
+    if inside:
+        out[n, o, r, j] = acc + bias[o]
+
+
+@cuda.jit
+def conv2d_grad_input(g, weight, sh, sw, ph, pw, dh, dw, gx):
+    """gx[n, c, a, b] = sum over o in c's group and taps (p, q) with a = r*sh - ph + p*dh,
+    b = j*sw - pw + q*dw of weight[o, c - c0, p, q] * g[n, o, r, j].
+
+    g (N, O, OH, OW); gx (N, C, H, W) preallocated and overwritten.
+    """
+    stage = cuda.shared.array(CONV_WSTAGE, dtype=weight.dtype)
+    n_c, h, w = gx.shape[1], gx.shape[2], gx.shape[3]
+    n_o, c_g, kh, kw = weight.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]
+    out_h, out_w = g.shape[2], g.shape[3]
+    plane = cuda.blockIdx.x
+    n = plane // n_c
+    c = plane - n * n_c
+    tiles_b = (w + CONV_TX - 1) // CONV_TX
+    tile_a = cuda.blockIdx.y // tiles_b
+    a = tile_a * CONV_TY + cuda.threadIdx.y
+    b = (cuda.blockIdx.y - tile_a * tiles_b) * CONV_TX + cuda.threadIdx.x
+    inside = a < h and b < w
+    groups = n_c // c_g
+    o_g = n_o // groups
+    grp = c // c_g
+    ci = c - grp * c_g
+    taps = kh * kw
+    per_chunk = CONV_WSTAGE // taps
+    tid = cuda.threadIdx.y * CONV_TX + cuda.threadIdx.x
+    acc = gx.dtype.type(0)
+    for o0 in range(0, o_g, per_chunk):
+        on = min(per_chunk, o_g - o0)
+        cuda.syncthreads()
+        for t in range(tid, on * taps, CONV_TX * CONV_TY):
+            oo = t // taps
+            pq = t - oo * taps
+            stage[t] = weight[grp * o_g + o0 + oo, ci, pq // kw, pq - (pq // kw) * kw]
+        cuda.syncthreads()
+        if inside:
+            for oo in range(on):
+                o = grp * o_g + o0 + oo
+                for p in range(kh):
+                    tr = a + ph - p * dh
+                    if tr >= 0 and tr % sh == 0 and tr // sh < out_h:
+                        r = tr // sh
+                        for q in range(kw):
+                            tj = b + pw - q * dw
+                            if tj >= 0 and tj % sw == 0 and tj // sw < out_w:
+                                acc += stage[oo * taps + p * kw + q] * g[n, o, r, tj // sw]
+    if inside:
+        gx[n, c, a, b] = acc
+
+
+@cuda.jit
+def conv2d_grad_weight(g, x, sh, sw, ph, pw, dh, dw, gw):
+    """gw[o, c, p, q] = sum_{n, r, j} g[n, o, r, j] * x[n, c0 + c, r*sh - ph + p*dh, j*sw - pw + q*dw].
+
+    g (N, O, OH, OW); x (N, C, H, W); gw (O, C/groups, KH, KW) preallocated and overwritten.
+    """
+    red = cuda.shared.array(RED_THREADS, dtype=gw.dtype)
+    n_img, n_c, h, w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    n_o, c_g, kh, kw = gw.shape[0], gw.shape[1], gw.shape[2], gw.shape[3]
+    out_h, out_w = g.shape[2], g.shape[3]
+    k = cuda.blockIdx.x
+    q = k % kw
+    t = k // kw
+    p = t % kh
+    t //= kh
+    ci = t % c_g
+    o = t // c_g
+    c = (o // (n_o // (n_c // c_g))) * c_g + ci
+    tid = cuda.threadIdx.x
+    acc = gw.dtype.type(0)
+    for idx in range(tid, n_img * out_h * out_w, RED_THREADS):
+        j = idx % out_w
+        s = idx // out_w
+        r = s % out_h
+        n = s // out_h
+        a = r * sh - ph + p * dh
+        b = j * sw - pw + q * dw
+        if a >= 0 and a < h and b >= 0 and b < w:
+            acc += g[n, o, r, j] * x[n, c, a, b]
+    # Fixed-shape tree reduction in shared memory (inline: see the module note on device
+    # functions): the same order on every run.
+    red[tid] = acc
+    cuda.syncthreads()
+    half = RED_THREADS // 2
+    while half > 0:
+        if tid < half:
+            red[tid] += red[tid + half]
+        cuda.syncthreads()
+        half //= 2
+    if tid == 0:
+        gw[o, ci, p, q] = red[0]
+
+
+@cuda.jit
+def channel_sum(g, out):
+    """out[o] = sum_{n, r, j} g[n, o, r, j] (the bias gradient).  g (N, O, OH, OW); out (O,)."""
+    red = cuda.shared.array(RED_THREADS, dtype=out.dtype)
+    o = cuda.blockIdx.x
+    out_h, out_w = g.shape[2], g.shape[3]
+    tid = cuda.threadIdx.x
+    acc = out.dtype.type(0)
+    for idx in range(tid, g.shape[0] * out_h * out_w, RED_THREADS):
+        j = idx % out_w
+        s = idx // out_w
+        acc += g[s // out_h, o, s % out_h, j]
+    # Fixed-shape tree reduction in shared memory (inline: see the module note on device
+    # functions): the same order on every run.
+    red[tid] = acc
+    cuda.syncthreads()
+    half = RED_THREADS // 2
+    while half > 0:
+        if tid < half:
+            red[tid] += red[tid + half]
+        cuda.syncthreads()
+        half //= 2
+    if tid == 0:
+        out[o] = red[0]

@@ -1,0 +1,224 @@
+"""CUDA kernels for CSR sparse x dense products (and the dense transpose they need).
+
+Layout convention, the same as the CPU kernels: dense operands are *feature-major*, shape
+(features, batch), C-contiguous, so that consecutive lanes of a warp touch consecutive batch
+columns of one feature row: every global load and store of a dense operand is a coalesced
+128-byte (float32) transaction.  The launch wrappers in ``sparsenet.kernels.cuda`` convert from
+the caller's (batch, features) arrays; an F-ordered (batch, features) array is already
+feature-major and costs nothing.
+
+Every kernel takes raw arrays, the preallocated output last; none allocates (apart from shared
+memory), validates, or assumes more than canonical, in-range CSR.  Each output element is
+written by exactly one thread, summing in a fixed order: no atomics, bitwise deterministic.
+
+No warp intrinsics (shuffles, ``syncwarp``) are used: Numba's CUDA simulator, where CI tests
+these kernels, does not implement them; lanes exchange data through shared memory between
+block-wide ``syncthreads``, so no kernel returns early.  Thread geometry (blockDim.x is the warp
+width, so ``threadIdx.y`` names the warp):
+
+================  ==========================  ===================================================
+kernel            block                       grid
+================  ==========================  ===================================================
+csr_spmm          (32, SPMM_WARPS)            (ceil(n_row / SPMM_WARPS), ceil(B / SPMM_BATCH_TILE))
+csr_sddmm         (32, SDDMM_WARPS)           (n_row,)
+transpose_2d      (TILE, TILE_ROWS)           (ceil(n_col / TILE), ceil(n_row / TILE))
+fill              (FILL_THREADS,)             (min(ceil(n / FILL_THREADS), FILL_MAX_BLOCKS),)
+================  ==========================  ===================================================
+
+The wrappers compute these beside each launch from the constants below.
+"""
+from numba import cuda
+
+WARP = 32
+
+# SpMM: one warp per CSR row, lanes along the batch, each lane owning SPMM_COLS batch columns
+# (lane, lane + 32, lane + 64, lane + 96): four independent loads in flight per stored entry.
+SPMM_COLS = 4
+SPMM_BATCH_TILE = WARP * SPMM_COLS
+SPMM_WARPS = 8
+
+# SDDMM: one block per CSR row, SDDMM_ENTRIES of its entries at a time, four per warp.
+SDDMM_WARPS = 8
+SDDMM_ENTRIES = 4 * SDDMM_WARPS
+SDDMM_PAD = WARP + 1  # shared-memory shapes must be compile-time constants, not expressions
+
+TILE = 32
+TILE_ROWS = 8
+TILE_PAD = TILE + 1
+
+FILL_THREADS = 256
+FILL_MAX_BLOCKS = 4096
+
+
+@cuda.jit
+def csr_spmm(indptr, indices, perm, gather, data, x_t, out_t):
+    """out_t[i, :] = sum_k data[src(k)] * x_t[indices[k], :] over row i's stored entries.
+
+    ``src(k) = perm[k]`` when ``gather`` else ``k``: with the transposed pattern of W and its
+    permutation this computes W^T products without ever materialising W^T's values, so an
+    optimizer step on ``data`` needs no re-transpose (see ``spmm_t`` in the wrappers).
+    ``perm`` is not read when ``gather`` is False (pass ``indices``).
+
+    indptr (n_row+1,) int32|int64, indices (nnz,), data (nnz,), x_t (n_col, B) C-contiguous;
+    out_t (n_row, B) is preallocated and overwritten (empty rows give zeros).  O(B * nnz).
+
+    One warp per row (SPMM_WARPS rows per block), batch along lanes, SPMM_COLS columns per
+    lane.  The block's rows' (index, value) pairs are staged in shared memory 32 per row at a
+    time, each lane loading one pair (coalesced; for the gathered W^T values, one scattered
+    load per pair instead of 32 redundant ones); the warp then reads them as shared-memory
+    broadcasts.  The dense reads ``x_t[j, b..b+31]`` and the stores are coalesced.  The staging
+    loop runs to the longest row of the block so every thread meets every ``syncthreads``.
+    """
+    stage_j = cuda.shared.array((SPMM_WARPS, WARP), dtype=indices.dtype)
+    stage_w = cuda.shared.array((SPMM_WARPS, WARP), dtype=data.dtype)
+    lane = cuda.threadIdx.x
+    warp = cuda.threadIdx.y
+    row0 = cuda.blockIdx.x * SPMM_WARPS
+    row = row0 + warp
+    n_row = out_t.shape[0]
+    batch = out_t.shape[1]
+    # Rows past the end behave as empty rows: no early return, syncthreads needs everyone.
+    start = 0
+    end = 0
+    if row < n_row:
+        start = indptr[row]
+        end = indptr[row + 1]
+    longest = 0
+    for r in range(row0, min(row0 + SPMM_WARPS, n_row)):
+        longest = max(longest, indptr[r + 1] - indptr[r])
+    b0 = cuda.blockIdx.y * SPMM_BATCH_TILE + lane
+    b1 = b0 + WARP
+    b2 = b1 + WARP
+    b3 = b2 + WARP
+    zero = out_t.dtype.type(0)
+    acc0 = zero
+    acc1 = zero
+    acc2 = zero
+    acc3 = zero
+    for c0 in range(0, longest, WARP):
+        cuda.syncthreads()  # the previous chunk has been consumed by every warp
+        k = start + c0 + lane
+        if k < end:
+            stage_j[warp, lane] = indices[k]
+            stage_w[warp, lane] = data[perm[k]] if gather else data[k]
+        cuda.syncthreads()
+        n = min(WARP, end - start - c0)
+        for t in range(n):
+            j = stage_j[warp, t]
+            w = stage_w[warp, t]
+            if b0 < batch:
+                acc0 += w * x_t[j, b0]
+            if b1 < batch:
+                acc1 += w * x_t[j, b1]
+            if b2 < batch:
+                acc2 += w * x_t[j, b2]
+            if b3 < batch:
+                acc3 += w * x_t[j, b3]
+    if row < n_row:
+        if b0 < batch:
+            out_t[row, b0] = acc0
+        if b1 < batch:
+            out_t[row, b1] = acc1
+        if b2 < batch:
+            out_t[row, b2] = acc2
+        if b3 < batch:
+            out_t[row, b3] = acc3
+
+
+@cuda.jit
+def csr_sddmm(indptr, indices, g_t, x_t, out):
+    """out[k] = sum_b g_t[i, b] * x_t[indices[k], b] for every stored entry k of row i.
+
+    The weight gradient of Y = X W^T on W's pattern (sampled dense-dense product).
+    g_t (n_row, B), x_t (n_col, B) C-contiguous; out (nnz,) is preallocated and overwritten
+    (B == 0 gives zeros).  O(B * nnz); never forms the dense n_row x n_col gradient.
+
+    One block per row, SDDMM_ENTRIES of its entries at a time: warp ``w`` owns entries
+    ``w, w + 8, w + 16, w + 24`` of the chunk and its lanes stride over the batch, so each
+    loaded ``g_t[i, b]`` serves four entries from a register and every read of ``x_t[j, :]`` is
+    coalesced.  The per-lane partial sums go to shared memory (one ``syncthreads`` per chunk,
+    not per entry) and one lane per entry adds its 32 partials in a fixed order: race-free,
+    deterministic, no atomics and no warp shuffles.
+    """
+    partial = cuda.shared.array((SDDMM_ENTRIES, SDDMM_PAD), dtype=out.dtype)
+    lane = cuda.threadIdx.x
+    warp = cuda.threadIdx.y
+    row = cuda.blockIdx.x
+    start = indptr[row]
+    end = indptr[row + 1]
+    batch = g_t.shape[1]
+    zero = out.dtype.type(0)
+    for e0 in range(start, end, SDDMM_ENTRIES):
+        ne = min(SDDMM_ENTRIES, end - e0)
+        e_0 = warp
+        e_1 = warp + SDDMM_WARPS
+        e_2 = warp + 2 * SDDMM_WARPS
+        e_3 = warp + 3 * SDDMM_WARPS
+        # Entries past the chunk re-read the chunk's first column (valid) and are never stored.
+        j0 = indices[e0 + e_0] if e_0 < ne else indices[e0]
+        j1 = indices[e0 + e_1] if e_1 < ne else indices[e0]
+        j2 = indices[e0 + e_2] if e_2 < ne else indices[e0]
+        j3 = indices[e0 + e_3] if e_3 < ne else indices[e0]
+        p0 = zero
+        p1 = zero
+        p2 = zero
+        p3 = zero
+        for b in range(lane, batch, WARP):
+            gb = g_t[row, b]
+            if e_0 < ne:
+                p0 += gb * x_t[j0, b]
+            if e_1 < ne:
+                p1 += gb * x_t[j1, b]
+            if e_2 < ne:
+                p2 += gb * x_t[j2, b]
+            if e_3 < ne:
+                p3 += gb * x_t[j3, b]
+        cuda.syncthreads()  # the previous chunk's partials have been summed
+        partial[e_0, lane] = p0
+        partial[e_1, lane] = p1
+        partial[e_2, lane] = p2
+        partial[e_3, lane] = p3
+        cuda.syncthreads()
+        e = warp * WARP + lane  # SDDMM_ENTRIES <= threads per block: the first threads sum
+        if e < ne:
+            acc = zero
+            for t in range(WARP):
+                acc += partial[e, t]
+            out[e0 + e] = acc
+
+
+@cuda.jit
+def transpose_2d(a, out):
+    """out[j, i] = a[i, j]: a (R, C) of any strides -> out (C, R) C-contiguous, overwritten.
+
+    The classic shared-memory tile transpose: a TILE x TILE tile is read with coalesced rows of
+    ``a`` and written with coalesced rows of ``out``; the +1 column of padding keeps the
+    column-wise shared-memory reads free of bank conflicts.  O(R * C).
+    """
+    tile = cuda.shared.array((TILE, TILE_PAD), dtype=a.dtype)
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    col0 = cuda.blockIdx.x * TILE
+    row0 = cuda.blockIdx.y * TILE
+    n_r = a.shape[0]
+    n_c = a.shape[1]
+    for r in range(ty, TILE, TILE_ROWS):
+        i = row0 + r
+        j = col0 + tx
+        if i < n_r and j < n_c:
+            tile[r, tx] = a[i, j]
+    cuda.syncthreads()
+    for r in range(ty, TILE, TILE_ROWS):
+        i = col0 + r
+        j = row0 + tx
+        if i < n_c and j < n_r:
+            out[i, j] = tile[tx, r]
+
+
+@cuda.jit
+def fill(out, value):
+    """out[:] = value for a 1-D array (grid-stride loop, coalesced).  O(n)."""
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    for i in range(start, out.shape[0], stride):
+        out[i] = value

@@ -1,0 +1,357 @@
+"""Training loop: ``fit`` with callbacks, history and early stopping; ``evaluate``.
+
+Sparsity methods (pruning, SET, RigL, regularisers) plug in as :class:`Callback` objects:
+``on_after_backward`` sees the gradients before the optimizer step (add a regulariser's
+gradient there), ``on_batch_end`` runs after the step, ``on_epoch_end`` after each epoch (change
+patterns there and call ``trainer.optimizer.remap``).
+"""
+import math
+import time
+
+import numpy as np
+
+from ._validation import check_random_state
+from .data import DataLoader
+from .nn.module import Module
+
+__all__ = ["fit", "evaluate", "Trainer", "Callback", "EarlyStopping", "ModelCheckpoint", "History",
+           "model_sparsity"]
+
+
+def model_sparsity(model):
+    """Fraction of zero weights over all weight matrices/filters (biases and norms excluded).
+
+    A sparse weight counts its missing entries (and stored zeros) as zero.
+
+    Examples
+    --------
+    >>> from sparsenet import nn
+    >>> round(model_sparsity(nn.SparseLinear(100, 100, density=0.1, rng=0)), 3)
+    0.9
+    """
+    total = zeros = 0
+    for p in model.parameters():
+        if p.is_sparse:
+            size = p.csr.shape[0] * p.csr.shape[1]
+            total += size
+            zeros += size - int(np.count_nonzero(p.data))
+        elif p.name == "weight" and p.data.ndim >= 2:
+            total += p.data.size
+            zeros += p.data.size - int(np.count_nonzero(p.data))
+    return zeros / total if total else 0.0
+
+
+class History:
+    """Per-epoch records: ``history.records`` is a list of dicts, ``history["loss"]`` a list of values.
+
+    Keys: ``epoch``, ``loss``, ``accuracy``, ``sparsity``, ``time`` (seconds), ``lr``, and
+    ``val_loss``/``val_accuracy`` when validation data is given.
+    """
+
+    def __init__(self, records=None):
+        self.records = list(records or [])
+
+    def append(self, record):
+        self.records.append(dict(record))
+
+    def __getitem__(self, key):
+        return [r.get(key) for r in self.records]
+
+    def __len__(self):
+        return len(self.records)
+
+    def __iter__(self):
+        return iter(self.records)
+
+    @property
+    def last(self):
+        return self.records[-1] if self.records else {}
+
+    def __repr__(self):
+        return f"History({len(self.records)} epochs, last={self.last})"
+
+
+class Callback:
+    """Hooks called by :class:`Trainer`; override any subset.  ``trainer`` exposes ``model``,
+    ``loss``, ``optimizer``, ``epoch``, ``history`` and ``stop_training``."""
+
+    def on_train_begin(self, trainer):
+        pass
+
+    def on_epoch_begin(self, trainer, epoch):
+        pass
+
+    def on_after_backward(self, trainer):
+        pass
+
+    def on_batch_end(self, trainer, batch, logs):
+        pass
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        pass
+
+    def on_train_end(self, trainer):
+        pass
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
+
+    Parameters
+    ----------
+    monitor : str, default="val_loss"
+        A history key; ``*loss`` is minimised, anything else maximised.
+    patience : int, default=5
+    min_delta : float, default=0
+    restore_best : bool, default=True
+        Load the best epoch's weights back at the end.
+    """
+
+    def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, restore_best=True):
+        self.monitor, self.patience, self.min_delta, self.restore_best = monitor, int(patience), float(min_delta), restore_best
+        self.minimise = monitor.endswith("loss")
+
+    def on_train_begin(self, trainer):
+        self.best, self.best_state, self.wait, self.best_epoch = None, None, 0, None
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if self.monitor not in logs or logs[self.monitor] is None:
+            raise ValueError(
+                f"EarlyStopping monitors {self.monitor!r}, which the history does not have; available: "
+                f"{sorted(logs)} (pass val_data to fit for val_* keys)"
+            )
+        value = logs[self.monitor]
+        better = self.best is None or (value < self.best - self.min_delta if self.minimise
+                                       else value > self.best + self.min_delta)
+        if better:
+            self.best, self.wait, self.best_epoch = value, 0, epoch
+            if self.restore_best:
+                self.best_state = trainer.model.state_dict()
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                trainer.stop_training = True
+
+    def on_train_end(self, trainer):
+        if self.restore_best and self.best_state is not None:
+            trainer.model.load_state_dict(self.best_state)
+
+
+class ModelCheckpoint(Callback):
+    """Save a resumable checkpoint (model, optimizer, epoch, history, RNG states) every ``every`` epochs.
+
+    Extra keyword arguments are stored as JSON metadata (e.g. the data set and seed).
+    """
+
+    def __init__(self, path, every=1, **meta):
+        self.path, self.every, self.meta = path, int(every), meta
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if (epoch + 1) % self.every == 0:
+            from . import io
+
+            io.save(self.path, trainer.model, trainer.optimizer, epoch=epoch + 1,
+                    history=trainer.history.records, loader_rng=trainer.loader_rng_state(),
+                    scheduler=trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
+                    **self.meta)
+
+
+def _as_loader(data, batch_size, shuffle, rng, name):
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return DataLoader(data[0], data[1], batch_size=batch_size, shuffle=shuffle, rng=rng)
+    raise TypeError(f"{name} must be a DataLoader or an (x, y) pair; got {type(data).__name__}")
+
+
+def _correct(output, target):
+    if output.ndim == 2 and np.asarray(target).ndim == 1 and np.asarray(target).dtype.kind in "iu":
+        return int(np.sum(np.argmax(output, axis=1) == target))
+    return None
+
+
+def evaluate(model, data, loss=None, *, batch_size=1000):
+    """Loss and accuracy of ``model`` on ``data`` in eval mode (no gradients, no parameter change).
+
+    Parameters
+    ----------
+    model : Module
+    data : DataLoader or (x, y)
+    loss : loss module, optional
+        Default :class:`~sparsenet.nn.CrossEntropyLoss`.
+    batch_size : int, default=1000
+
+    Returns
+    -------
+    dict
+        ``{"loss": float, "accuracy": float or None, "n": int}``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sparsenet import nn
+    >>> model = nn.Linear(2, 2, rng=0)
+    >>> sorted(evaluate(model, (np.zeros((4, 2), np.float32), np.zeros(4, np.int64))))
+    ['accuracy', 'loss', 'n']
+    """
+    from .nn.loss import CrossEntropyLoss
+
+    loss = CrossEntropyLoss() if loss is None else loss
+    loader = _as_loader(data, batch_size, False, None, "data")
+    was_training = model.training
+    model.eval()
+    total_loss, correct, n, can_score = 0.0, 0, 0, True
+    try:
+        for xb, yb in loader:
+            out = model(xb)
+            total_loss += float(loss(out, yb)) * len(xb)
+            c = _correct(out, yb)
+            can_score = can_score and c is not None
+            correct += c or 0
+            n += len(xb)
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("evaluate got no samples")
+    return {"loss": total_loss / n, "accuracy": correct / n if can_score else None, "n": n}
+
+
+class Trainer:
+    """The state of one training run; :func:`fit` builds one and calls :meth:`run`."""
+
+    def __init__(self, model, loss, optimizer, train_data, val_data=None, *, epochs=10, batch_size=32,
+                 callbacks=(), scheduler=None, progress=True, rng=None, initial_epoch=0, history=None):
+        if not isinstance(model, Module):
+            raise TypeError(f"model must be a sparsenet.nn.Module; got {type(model).__name__}")
+        if not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"epochs must be a non-negative integer; got {epochs!r}")
+        self.model, self.loss, self.optimizer, self.scheduler = model, loss, optimizer, scheduler
+        self.train_loader = _as_loader(train_data, batch_size, True, check_random_state(rng), "train_data")
+        self.val_data = val_data
+        self.epochs, self.initial_epoch = epochs, int(initial_epoch)
+        self.callbacks = list(callbacks)
+        self.progress = progress
+        self.history = history if isinstance(history, History) else History(history)
+        self.stop_training = False
+        self.epoch = self.initial_epoch
+
+    def loader_rng_state(self):
+        """JSON-able state of the shuffling generator (saved in checkpoints for an exact resume)."""
+        return self.train_loader.rng.bit_generator.state
+
+    def _bar(self, total, epoch):
+        if not self.progress:
+            return None
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # optional: train without a bar rather than fail
+            return None
+        return tqdm(total=total, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False, unit="batch")
+
+    def _call(self, hook, *args):
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    def run(self):
+        """Train from ``initial_epoch`` to ``epochs``; returns the :class:`History`."""
+        self.model.train()
+        self._call("on_train_begin")
+        for epoch in range(self.initial_epoch, self.epochs):
+            self.epoch = epoch
+            self._call("on_epoch_begin", epoch)
+            t0 = time.perf_counter()
+            bar = self._bar(len(self.train_loader), epoch)
+            total_loss, correct, n, can_score = 0.0, 0, 0, True
+            for i, (xb, yb) in enumerate(self.train_loader):
+                self.optimizer.zero_grad()
+                out = self.model(xb)
+                value = float(self.loss(out, yb))
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"loss became {value} at epoch {epoch + 1}, batch {i}; lower the learning rate"
+                    )
+                self.model.backward(self.loss.backward())
+                self._call("on_after_backward")
+                self.optimizer.step()
+                c = _correct(out, yb)
+                can_score = can_score and c is not None
+                correct += c or 0
+                total_loss += value * len(xb)
+                n += len(xb)
+                self._call("on_batch_end", i, {"loss": value})
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{total_loss / n:.4f}", refresh=False)
+            if bar is not None:
+                bar.close()
+            logs = {"epoch": epoch + 1, "loss": total_loss / max(n, 1),
+                    "accuracy": correct / n if can_score and n else None,
+                    "lr": self.optimizer.param_groups[0]["lr"]}
+            if self.val_data is not None:
+                val = evaluate(self.model, self.val_data, self.loss)
+                self.model.train()
+                logs["val_loss"], logs["val_accuracy"] = val["loss"], val["accuracy"]
+            logs["time"] = time.perf_counter() - t0
+            if self.scheduler is not None:
+                self.scheduler.step()
+            logs["sparsity"] = model_sparsity(self.model)
+            self.history.append(logs)
+            self._call("on_epoch_end", epoch, logs)
+            # a callback may have changed the pattern (pruning, SET): record the sparsity it left
+            self.history.records[-1]["sparsity"] = model_sparsity(self.model)
+            if self.stop_training:
+                break
+        self._call("on_train_end")
+        self.model.eval()
+        return self.history
+
+
+def fit(model, loss, optimizer, train_data, val_data=None, *, epochs=10, batch_size=32, callbacks=(),
+        scheduler=None, progress=True, rng=None, initial_epoch=0, history=None):
+    """Train ``model`` with mini-batch gradient descent.
+
+    Parameters
+    ----------
+    model : Module
+    loss : loss module (e.g. ``nn.CrossEntropyLoss()``)
+    optimizer : sparsenet.optim.Optimizer
+    train_data : DataLoader or (x, y)
+        An (x, y) pair is batched with ``batch_size`` and reshuffled each epoch from ``rng``.
+    val_data : DataLoader or (x, y), optional
+        Evaluated after every epoch (``val_loss``, ``val_accuracy``).
+    epochs : int, default=10
+        Last epoch (exclusive) to run: with ``initial_epoch`` a resumed run continues to ``epochs``.
+    batch_size : int, default=32
+    callbacks : sequence of Callback
+    scheduler : LR scheduler, optional
+        Stepped once per epoch.
+    progress : bool, default=True
+        tqdm progress bar per epoch (when tqdm is installed).
+    rng : None, int or numpy.random.Generator
+        Shuffling when ``train_data`` is an (x, y) pair.
+    initial_epoch : int, default=0
+    history : History or list of dict, optional
+        Records of earlier epochs (when resuming).
+
+    Returns
+    -------
+    History
+        One record per epoch: loss, accuracy, val_loss, val_accuracy, sparsity, time, lr.
+        The model is left in eval mode.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sparsenet import nn, optim
+    >>> from sparsenet.train import fit
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((64, 4)).astype(np.float32); y = (x[:, 0] > 0).astype(np.int64)
+    >>> model = nn.Sequential(nn.Linear(4, 8, rng=0), nn.ReLU(), nn.Linear(8, 2, rng=1))
+    >>> hist = fit(model, nn.CrossEntropyLoss(), optim.Adam(model.parameters(), lr=0.05), (x, y),
+    ...            epochs=20, batch_size=16, progress=False, rng=0)
+    >>> hist["accuracy"][-1] > 0.9
+    True
+    """
+    return Trainer(model, loss, optimizer, train_data, val_data, epochs=epochs, batch_size=batch_size,
+                   callbacks=callbacks, scheduler=scheduler, progress=progress, rng=rng,
+                   initial_epoch=initial_epoch, history=history).run()

@@ -1,0 +1,98 @@
+"""CUDA tests: run under Numba's CUDA simulator or on a real GPU, skipped otherwise.
+
+Simulator run (its own process: the variable must be set before numba is imported):
+
+    NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda -q
+
+In the main suite (no simulator, no GPU) every test here is skipped, without error.  The
+simulator runs each CUDA thread as a Python thread, so the ``small_geometry`` fixture shrinks
+the kernels' block constants (warp width 4 instead of 32, ...) while simulating: every code
+path, including multi-tile and multi-chunk loops, is exercised with a few dozen threads.  A
+few tests keep the production geometry on tiny shapes.
+"""
+import os
+import pathlib
+
+import pytest
+
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+_HERE = pathlib.Path(__file__).resolve().parent
+
+
+def _real_gpu():
+    if SIMULATOR:
+        return False
+    import ctypes.util
+
+    # No driver library, no GPU; and do not let numba try: a failed driver initialisation is
+    # remembered by the process and breaks PTX-only compilation (test_cuda_compile.py).
+    if ctypes.util.find_library("cuda") is None:
+        return False
+    try:
+        from numba import cuda
+
+        return bool(cuda.is_available())
+    except Exception:
+        return False
+
+
+def _numba_cuda_importable():
+    try:
+        from numba import cuda  # noqa: F401
+
+        return True
+    except ImportError:  # numba-cuda (the 'cuda' extra) not installed
+        return False
+
+
+REAL_GPU = _real_gpu()
+HAVE_NUMBA_CUDA = _numba_cuda_importable() if SIMULATOR else REAL_GPU
+ENABLED = (SIMULATOR or REAL_GPU) and HAVE_NUMBA_CUDA
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "no_cuda_skip: runs without simulator or GPU (skips itself)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if ENABLED:
+        if REAL_GPU:
+            # Tiny test grids trip numba's low-occupancy NumbaPerformanceWarning, which
+            # pyproject turns into an error.
+            try:
+                from numba.cuda.core import config as cuda_config  # numba-cuda >= 0.2x
+            except ImportError:
+                from numba import config as cuda_config
+            cuda_config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+        return
+    skip = pytest.mark.skip(
+        reason="CUDA tests need numba-cuda (pip install '.[cuda]') and NUMBA_ENABLE_CUDASIM=1 "
+        "(own pytest process) or an NVIDIA GPU"
+    )
+    for item in items:
+        path = pathlib.Path(str(item.fspath)).resolve()
+        if _HERE in path.parents and "no_cuda_skip" not in item.keywords:
+            item.add_marker(skip)
+
+
+# Block constants of kernels/cuda/csr.py and update.py, shrunk for the simulator.
+_SMALL = {
+    "csr": {"WARP": 4, "SPMM_WARPS": 2, "SPMM_BATCH_TILE": 16, "SDDMM_WARPS": 2, "SDDMM_ENTRIES": 8,
+            "SDDMM_PAD": 5, "TILE": 4, "TILE_ROWS": 2, "TILE_PAD": 5, "FILL_THREADS": 8},
+    "update": {"UPDATE_THREADS": 8, "UPDATE_MAX_BLOCKS": 3},
+    "conv": {"CONV_TX": 4, "CONV_TY": 2, "CONV_WSTAGE": 12, "RED_THREADS": 8},
+    "pool": {"POOL_THREADS": 8, "POOL_MAX_BLOCKS": 4},
+}
+
+
+@pytest.fixture
+def small_geometry(monkeypatch):
+    """Shrink the launch geometry in the simulator (a no-op on a real GPU, where the
+    constants are compiled into the kernels)."""
+    if SIMULATOR:
+        from sparsenet.kernels.cuda import conv, csr, pool, update
+
+        for mod, name in ((csr, "csr"), (update, "update"), (conv, "conv"), (pool, "pool")):
+            for key, value in _SMALL[name].items():
+                monkeypatch.setattr(mod, key, value)
+    yield

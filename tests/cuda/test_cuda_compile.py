@@ -1,0 +1,97 @@
+"""Compile every CUDA kernel to PTX with the real NVVM toolchain (no GPU needed).
+
+The simulator runs kernels as Python, so it cannot catch what only the CUDA compiler rejects
+(typing of shared arrays, integer/float promotion, unsupported calls).  This module compiles
+each kernel for sm_90 with ``numba.cuda.compile_ptx`` and checks that the float32 variants do
+no float64 arithmetic (an int literal meeting a float32 would promote silently).  It needs
+libNVVM (e.g. ``pip install nvidia-cuda-nvcc-cu12 nvidia-cuda-nvrtc-cu12``) and is skipped
+without it, and under the simulator.
+"""
+import os
+import re
+
+import pytest
+
+pytestmark = pytest.mark.no_cuda_skip
+
+if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+    pytest.skip("PTX compilation needs the real numba.cuda, not the simulator", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def compile_ptx():
+    try:
+        from numba import cuda, float32
+
+        def probe(a):
+            a[0] = 1
+
+        cuda.compile_ptx(probe, (float32[::1],), cc=(9, 0))
+    except Exception as err:  # numba-cuda or libNVVM/NVRTC missing
+        pytest.skip(f"CUDA compiler toolchain unavailable: {type(err).__name__}: {str(err)[:120]}")
+    return lambda fn, sig: cuda.compile_ptx(fn.py_func, sig, cc=(9, 0))[0]
+
+
+def _f64_ops(ptx):
+    return re.findall(r"\b(?:add|sub|mul|fma\.rn|div\.rn|sqrt\.rn)\.f64\b", ptx)
+
+
+@pytest.mark.parametrize("fdt,idt", [("float32", "int32"), ("float64", "int64"), ("float32", "int64")])
+def test_csr_kernels_compile(compile_ptx, fdt, idt):
+    from numba import types
+
+    from sparsenet.kernels.cuda import csr
+
+    f = getattr(types, fdt)
+    i = getattr(types, idt)
+    vec, mat = f[::1], f[:, ::1]
+    ivec = i[::1]
+    sigs = {
+        "csr_spmm": (csr.csr_spmm, (ivec, ivec, ivec, types.boolean, vec, mat, mat)),
+        "csr_sddmm": (csr.csr_sddmm, (ivec, ivec, mat, mat, vec)),
+        "transpose_2d": (csr.transpose_2d, (f[:, :], mat)),
+        "fill": (csr.fill, (vec, types.float64)),
+    }
+    for name, (fn, sig) in sigs.items():
+        ptx = compile_ptx(fn, sig)
+        if fdt == "float32" and name != "fill":
+            assert not _f64_ops(ptx), f"{name} does float64 arithmetic in its float32 variant: {_f64_ops(ptx)[:5]}"
+
+
+@pytest.mark.parametrize("fdt", ["float32", "float64"])
+def test_update_element_functions_compile(compile_ptx, fdt):
+    """The per-element math as device functions.  (The kernels calling them cannot be compiled
+    without a GPU: numba asks the driver for the current device when it links a device
+    function into a kernel; on a GPU the simulator-tested kernels compile at first launch.)"""
+    from numba import cuda, types
+
+    from sparsenet.kernels.cuda import scalar
+
+    x = getattr(types, fdt)
+    s, b = types.float64, types.boolean
+    cuda.compile_ptx(scalar.sgd_element, (x, x, x, s, s, s, s, b, b), device=True, cc=(9, 0))
+    cuda.compile_ptx(scalar.adam_element, (x, x, x, x, s, s, s, s, s, b, s, s), device=True, cc=(9, 0))
+
+
+@pytest.mark.parametrize("fdt", ["float32", "float64"])
+def test_conv_pool_kernels_compile(compile_ptx, fdt):
+    from numba import types
+
+    from sparsenet.kernels.cuda import conv, pool
+
+    f = getattr(types, fdt)
+    t4, vec, i = f[:, :, :, ::1], f[::1], types.int64
+    sigs = {
+        "conv2d_fwd": (conv.conv2d_fwd, (t4, t4, vec) + (i,) * 6 + (t4,)),
+        "conv2d_grad_input": (conv.conv2d_grad_input, (t4, t4) + (i,) * 6 + (t4,)),
+        "conv2d_grad_weight": (conv.conv2d_grad_weight, (t4, t4) + (i,) * 6 + (t4,)),
+        "channel_sum": (conv.channel_sum, (t4, vec)),
+        "max_pool2d_fwd": (pool.max_pool2d_fwd, (t4,) + (i,) * 6 + (t4,)),
+        "max_pool2d_bwd": (pool.max_pool2d_bwd, (t4, t4) + (i,) * 6 + (t4,)),
+        "avg_pool2d_fwd": (pool.avg_pool2d_fwd, (t4,) + (i,) * 6 + (f, t4)),
+        "avg_pool2d_bwd": (pool.avg_pool2d_bwd, (t4,) + (i,) * 6 + (f, t4)),
+    }
+    for name, (fn, sig) in sigs.items():
+        ptx = compile_ptx(fn, sig)
+        if fdt == "float32":
+            assert not _f64_ops(ptx), f"{name} does float64 arithmetic in its float32 variant: {_f64_ops(ptx)[:5]}"

@@ -1,0 +1,124 @@
+"""CUDA conv2d and pooling kernels against the float64 references in kernels/reference.py.
+
+Simulator or GPU only (see conftest.py); tiny shapes, both dtypes, strides, paddings,
+dilations, groups, and shapes that are not a multiple of the block tile.
+"""
+import numpy as np
+import pytest
+
+from sparsenet.kernels import reference as ref
+
+pytestmark = pytest.mark.usefixtures("small_geometry")
+
+DTYPES = [np.float32, np.float64]
+
+
+def _kc():
+    from sparsenet.kernels import cuda as kc
+
+    return kc
+
+
+def _dev(a):
+    from numba import cuda
+
+    return cuda.to_device(np.ascontiguousarray(a))
+
+
+def _host(a):
+    return _kc().to_host(a)
+
+
+def _tol(dtype):
+    return dict(rtol=3e-5, atol=3e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+
+
+# (N, C, H, W), (O, KH, KW), stride, padding, dilation, groups
+CONV_CASES = [
+    ((1, 2, 4, 6), (3, 3, 2), (1, 1), (1, 0), (1, 1), 1),
+    ((1, 2, 6, 5), (2, 2, 3), (2, 1), (0, 1), (2, 1), 1),
+    ((2, 4, 4, 4), (4, 1, 3), (1, 2), (0, 1), (1, 1), 2),
+    ((1, 1, 3, 3), (1, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_CASES, ids=[f"case{i}" for i in range(len(CONV_CASES))])
+def test_conv2d_matches_cpu(rng, dtype, case):
+    x_shape, (o, kh, kw), stride, padding, dilation, groups = case
+    kc = _kc()
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal((o, x_shape[1] // groups, kh, kw)).astype(dtype)
+    bias = rng.standard_normal(o).astype(dtype)
+    y_ref = ref.conv2d(x, w, bias, stride, padding, dilation, groups)
+    y = kc.conv2d(_dev(x), _dev(w), _dev(bias), stride, padding, dilation)
+    assert y.shape == y_ref.shape and y.dtype == dtype
+    np.testing.assert_allclose(_host(y), y_ref, **_tol(dtype))
+    if case is CONV_CASES[-1]:
+        y0 = kc.conv2d(_dev(x), _dev(w), None, stride, padding, dilation)
+        np.testing.assert_allclose(_host(y0), ref.conv2d(x, w, None, stride, padding, dilation, groups),
+                                   **_tol(dtype))
+
+    g = rng.standard_normal(y_ref.shape).astype(dtype)
+    gx_ref, gw_ref, gb_ref = ref.conv2d_backward(g, x, w, stride, padding, dilation, groups)
+    gx, gw = kc.conv2d_backward(_dev(g), _dev(x), _dev(w), stride, padding, dilation)
+    assert gx.dtype == dtype and gw.dtype == dtype
+    np.testing.assert_allclose(_host(gx), gx_ref, **_tol(dtype))
+    np.testing.assert_allclose(_host(gw), gw_ref, **_tol(dtype))
+    np.testing.assert_allclose(_host(kc.conv2d_grad_bias(_dev(g))), gb_ref, **_tol(dtype))
+
+
+def test_conv2d_backward_flags_and_big_kernel(rng):
+    kc = _kc()
+    x = rng.standard_normal((1, 1, 4, 4))
+    w = rng.standard_normal((1, 1, 2, 2))
+    g = rng.standard_normal((1, 1, 3, 3))
+    gx, gw = kc.conv2d_backward(_dev(g), _dev(x), _dev(w), (1, 1), (0, 0), (1, 1), need_input=False)
+    assert gx is None and gw is not None
+    with pytest.raises(NotImplementedError, match="taps"):
+        kc.conv2d(_dev(np.zeros((1, 1, 9, 9))), _dev(np.zeros((1, 1, 5, 5))), None, (1, 1), (0, 0), (1, 1))
+    with pytest.raises(NotImplementedError, match="sparse_conv2d has no CUDA kernel"):
+        kc.sparse_conv2d(None)
+
+
+# (N, C, H, W), kernel, stride, padding
+POOL_CASES = [
+    ((2, 2, 4, 5), (2, 2), (2, 2), (0, 0)),
+    ((1, 2, 5, 5), (3, 3), (1, 2), (1, 1)),
+    ((1, 1, 3, 7), (2, 3), (1, 2), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", POOL_CASES, ids=[f"case{i}" for i in range(len(POOL_CASES))])
+def test_pooling_matches_cpu(rng, dtype, case):
+    x_shape, kernel, stride, padding = case
+    kc = _kc()
+    x = rng.standard_normal(x_shape).astype(dtype)
+    x.flat[::7] = x.flat[1]  # ties: the first maximum gets the gradient
+    y_ref = ref.max_pool2d(x, kernel, stride, padding)
+    y = kc.max_pool2d(_dev(x), kernel, stride, padding)
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(_host(y), y_ref)
+    g = rng.standard_normal(y_ref.shape).astype(dtype)
+    np.testing.assert_allclose(_host(kc.max_pool2d_backward(_dev(g), _dev(x), kernel, stride, padding)),
+                               ref.max_pool2d_backward(g, x, kernel, stride, padding), **_tol(dtype))
+    a = kc.avg_pool2d(_dev(x), kernel, stride, padding)
+    np.testing.assert_allclose(_host(a), ref.avg_pool2d(x, kernel, stride, padding), **_tol(dtype))
+    ga = kc.avg_pool2d_backward(_dev(g), x.shape, dtype, kernel, stride, padding)
+    assert ga.dtype == dtype
+    np.testing.assert_allclose(_host(ga), ref.avg_pool2d_backward(g, x.shape, kernel, stride, padding),
+                               **_tol(dtype))
+
+
+def test_max_pool_nan_wins(rng):
+    kc = _kc()
+    x = rng.standard_normal((1, 1, 4, 4))
+    x[0, 0, 1, 0] = np.nan
+    x[0, 0, 1, 1] = np.nan
+    g = np.ones((1, 1, 2, 2))
+    y = _host(kc.max_pool2d(_dev(x), (2, 2), (2, 2), (0, 0)))
+    assert np.isnan(y[0, 0, 0, 0]) and not np.isnan(y[0, 0, 1, 1])
+    gx = _host(kc.max_pool2d_backward(_dev(g), _dev(x), (2, 2), (2, 2), (0, 0)))
+    np.testing.assert_array_equal(gx, ref.max_pool2d_backward(g, x, (2, 2), (2, 2), (0, 0)))
+    assert gx[0, 0, 1, 0] == 1 and gx[0, 0, 1, 1] == 0

@@ -1,0 +1,219 @@
+"""Layer-specific behaviour beyond the conformance suite: init, numerics, PyTorch parity."""
+import numpy as np
+import pytest
+
+import sparsenet.functional as F
+from sparsenet import CSRMatrix, nn
+
+
+def test_linear_default_init_bound():
+    layer = nn.Linear(100, 50, rng=0)
+    assert layer.weight.shape == (50, 100) and layer.bias.shape == (50,)
+    assert np.abs(layer.weight.data).max() <= 0.1 and np.abs(layer.weight.data).max() > 0.09
+    assert [n for n, _ in layer.named_parameters()] == ["weight", "bias"]
+    assert nn.Linear(3, 2, bias=False).parameters()[0].name == "weight"
+
+
+def test_sparse_linear_init():
+    layer = nn.SparseLinear(784, 1000, rng=0)  # default: Erdős–Rényi with epsilon=20
+    assert layer.weight.csr.density == pytest.approx(nn.init.er_density(784, 1000, 20), rel=1e-3)
+    assert layer.weight.is_sparse and layer.weight.data is layer.weight.csr.data
+    assert layer.weight_csr is layer.weight.csr
+    fan_in = layer.weight.csr.nnz / 1000
+    assert np.abs(layer.weight.data).max() <= 1 / np.sqrt(fan_in)
+    mask = np.eye(4, 6, dtype=bool)
+    fixed = nn.SparseLinear(6, 4, pattern=mask, rng=0)
+    np.testing.assert_array_equal(fixed.weight.csr.to_dense() != 0, mask)
+    with pytest.raises(ValueError, match="at most one"):
+        nn.SparseLinear(6, 4, density=0.5, epsilon=2)
+    with pytest.raises(ValueError, match="density"):
+        nn.SparseLinear(6, 4, density=1.5)
+    with pytest.raises(ValueError, match="epsilon"):
+        nn.SparseLinear(6, 4, epsilon=-1)
+    with pytest.raises(ValueError, match="pattern must have shape"):
+        nn.SparseLinear(6, 4, pattern=np.ones((6, 4), bool))
+
+
+def test_sparse_gradient_is_on_pattern(rng):
+    layer = nn.SparseLinear(7, 5, density=0.3, rng=rng, dtype=np.float64)
+    dense = nn.Linear(7, 5, rng=rng, dtype=np.float64)
+    dense.weight.data[...] = layer.weight.csr.to_dense()
+    dense.bias.data[...] = layer.bias.data
+    x = rng.standard_normal((4, 7))
+    np.testing.assert_allclose(layer(x), dense(x), rtol=1e-12)
+    g = rng.standard_normal((4, 5))
+    np.testing.assert_allclose(layer.backward(g), dense.backward(g), rtol=1e-12)
+    w = layer.weight.csr
+    rows = np.repeat(np.arange(5), np.diff(w.indptr))
+    np.testing.assert_allclose(layer.weight.grad, dense.weight.grad[rows, w.indices], rtol=1e-12)
+
+
+def test_set_csr_and_pattern_change_between_forward_backward(rng):
+    layer = nn.SparseLinear(4, 3, density=0.5, rng=0)
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    y = layer(x)
+    layer.weight.set_csr(CSRMatrix.random((3, 4), 0.25, rng=1))
+    with pytest.raises(RuntimeError, match="pattern changed"):
+        layer.backward(np.ones_like(y))
+    with pytest.raises(ValueError, match="keep the shape"):
+        layer.weight.set_csr(CSRMatrix.random((4, 4), 0.25, rng=1))
+    with pytest.raises(ValueError, match="set_csr"):
+        layer.weight.data = np.zeros(99, np.float32)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e4, 1e30])
+def test_cross_entropy_stable_and_matches_torch(scale, rng):
+    torch = pytest.importorskip("torch")
+    logits = rng.standard_normal((6, 5)) * scale
+    target = rng.integers(0, 5, 6)
+    loss = F.cross_entropy(logits, target)
+    grad = F.cross_entropy_backward(logits, target)
+    assert np.isfinite(loss) and np.all(np.isfinite(grad))
+    t = torch.tensor(logits, requires_grad=True)
+    tl = torch.nn.functional.cross_entropy(t, torch.tensor(target))
+    tl.backward()
+    np.testing.assert_allclose(loss, tl.item(), rtol=1e-10)
+    np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-10, atol=1e-15)
+
+
+def test_cross_entropy_validation():
+    with pytest.raises(TypeError, match="integer class indices"):
+        F.cross_entropy(np.zeros((2, 3)), np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="out of range"):
+        F.cross_entropy(np.zeros((2, 3)), np.array([0, 3]))
+    with pytest.raises(ValueError, match="2-D"):
+        F.cross_entropy(np.zeros(3), np.array([0]))
+    crit = nn.CrossEntropyLoss()
+    with pytest.raises(RuntimeError, match="without a matching forward"):
+        crit.backward()
+    x = np.float32([[1.0, 2.0]])
+    crit(x, np.array([1]))
+    assert crit.backward().dtype == np.float32
+
+
+def test_mse_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    a, b = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    crit = nn.MSELoss()
+    t = torch.tensor(a, requires_grad=True)
+    tl = torch.nn.functional.mse_loss(t, torch.tensor(b))
+    tl.backward()
+    np.testing.assert_allclose(crit(a, b), tl.item(), rtol=1e-12)
+    np.testing.assert_allclose(crit.backward(), t.grad.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("cls, shape", [("BatchNorm1d", (8, 3)), ("BatchNorm1d", (5, 3, 4)),
+                                        ("BatchNorm2d", (4, 3, 5, 5))])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batchnorm_matches_torch(cls, shape, momentum, rng):
+    torch = pytest.importorskip("torch")
+    ours = getattr(nn, cls)(3, momentum=momentum, dtype=np.float64)
+    ref = getattr(torch.nn, cls)(3, momentum=momentum).double()
+    ours.weight.data[...] = rng.standard_normal(3)
+    with torch.no_grad():
+        ref.weight.copy_(torch.tensor(ours.weight.data))
+    for _ in range(3):
+        x = rng.standard_normal(shape) * 2 + 1
+        g = rng.standard_normal(shape)
+        tx = torch.tensor(x, requires_grad=True)
+        ty = ref(tx)
+        ty.backward(torch.tensor(g))
+        ours.zero_grad()
+        np.testing.assert_allclose(ours(x), ty.detach().numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(ours.backward(g), tx.grad.numpy(), rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(ours.weight.grad, ref.weight.grad.numpy(), rtol=1e-8)
+        ref.weight.grad = None
+    np.testing.assert_allclose(ours.running_mean, ref.running_mean.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(ours.running_var, ref.running_var.numpy(), rtol=1e-10)
+    ours.eval(), ref.eval()
+    x = rng.standard_normal(shape)
+    np.testing.assert_allclose(ours(x), ref(torch.tensor(x)).detach().numpy(), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="expects a"):
+        ours(np.zeros((2, 4)))
+
+
+def test_batchnorm_needs_more_than_one_value():
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        nn.BatchNorm1d(3)(np.zeros((1, 3), np.float32))
+
+
+def test_dropout_statistics_and_modes():
+    d = nn.Dropout(0.25, rng=0)
+    y = d(np.ones((200, 200), np.float32))
+    assert y.dtype == np.float32
+    assert abs((y == 0).mean() - 0.25) < 0.01 and set(np.unique(y)) == {0.0, np.float32(1 / 0.75)}
+    d.eval()
+    np.testing.assert_array_equal(d(np.ones(5)), 1.0)
+    assert nn.Dropout(1.0)(np.ones(3)).sum() == 0
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        nn.Dropout(1.5)
+
+
+def test_train_eval_propagate_and_sequential_api():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(), nn.Sequential(nn.BatchNorm1d(2)))
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    model.train()
+    assert all(m.training for m in model.modules())
+    assert len(model) == 3 and isinstance(model[1], nn.Dropout) and len(model[:2]) == 2
+    assert [n for n, _ in model.named_parameters()] == ["0.weight", "0.bias", "2.0.weight", "2.0.bias"]
+    assert "2.0.running_mean" in model.state_dict()
+    with pytest.raises(TypeError, match="Module"):
+        nn.Sequential(nn.Linear(2, 2), "relu")
+
+
+def test_to_dtype(rng):
+    model = nn.Sequential(nn.SparseLinear(4, 3, density=0.5, rng=0), nn.BatchNorm1d(3))
+    model.to(np.float64)
+    assert all(p.dtype == np.float64 for p in model.parameters())
+    assert model[1].running_mean.dtype == np.float64
+    assert model(rng.standard_normal((3, 4))).dtype == np.float64
+    assert nn.from_config(model.describe())[0].dtype == np.float64
+
+
+def test_from_config_errors():
+    with pytest.raises(ValueError, match="unknown module class"):
+        nn.from_config({"class": "NoSuchLayer", "config": {}})
+    with pytest.raises(ValueError, match="describe"):
+        nn.from_config([1, 2])
+
+
+def test_conv_layer_constructor_checks():
+    with pytest.raises(ValueError, match="divisible by groups"):
+        nn.Conv2d(3, 4, 3, groups=2)
+    with pytest.raises(ValueError, match="kernel_size"):
+        nn.Conv2d(3, 4, (3, 3, 3))
+    conv = nn.Conv2d(4, 8, 3, groups=2, rng=0)
+    assert conv.weight.shape == (8, 2, 3, 3)
+    assert np.abs(conv.weight.data).max() <= 1 / np.sqrt(2 * 9)
+    sp = nn.SparseConv2d(16, 32, 3, rng=0)  # default ERK, epsilon=1
+    assert sp.weight.csr.density == pytest.approx(nn.init.erk_density(16, 32, (3, 3), 1.0), rel=0.01)
+
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@given(n=st.integers(1, 6), c=st.integers(1, 6), scale=st.sampled_from([1e-3, 1.0, 1e4, 1e30]),
+       seed=st.integers(0, 2**16), dtype=st.sampled_from([np.float32, np.float64]))
+def test_cross_entropy_properties(n, c, scale, seed, dtype):
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal((n, c)) * scale).astype(dtype)
+    target = rng.integers(0, c, n)
+    loss = F.cross_entropy(logits, target)
+    grad = F.cross_entropy_backward(logits, target)
+    assert np.isfinite(loss) and loss >= 0 and loss.dtype == dtype
+    assert grad.dtype == dtype and np.all(np.isfinite(grad))
+    np.testing.assert_allclose(grad.sum(axis=1), 0, atol=1e-6)
+
+
+@given(n_in=st.integers(1, 7), n_out=st.integers(1, 7), batch=st.integers(1, 5),
+       density=st.floats(0, 1), seed=st.integers(0, 2**16))
+def test_sparse_linear_equals_masked_dense(n_in, n_out, batch, density, seed):
+    rng = np.random.default_rng(seed)
+    layer = nn.SparseLinear(n_in, n_out, density=density, rng=rng, dtype=np.float64)
+    x = rng.standard_normal((batch, n_in))
+    expected = x @ layer.weight.csr.to_dense().T + layer.bias.data
+    np.testing.assert_allclose(layer(x), expected, rtol=1e-12, atol=1e-12)
+    g = rng.standard_normal((batch, n_out))
+    np.testing.assert_allclose(layer.backward(g), g @ layer.weight.csr.to_dense(), rtol=1e-12, atol=1e-12)
