@@ -15,14 +15,29 @@ if __name__ != "sparsenet.kernels":
 import numba
 import numpy as np
 
+from . import device as _device
 from .cpu import csr as _csr
 
 __all__ = ["spmm", "spmm_t", "sddmm", "csr_transpose", "csr_row_faults", "feature_major"]
 
+def _on_cuda(**arrays):
+    """True when the arrays are CUDA device arrays; mixing host and device raises ValueError.
+
+    numba.cuda is imported only when a device array actually arrives (see kernels.device).
+    """
+    return _device.check_same_device(**arrays) == "cuda"
+
+
+def _gpu():
+    from . import cuda  # lazy: only once device arrays are in play
+
+    return cuda
+
+
 def _require_host(name, *arrays):
-    for a in arrays:
-        if hasattr(a, "__cuda_array_interface__"):
-            raise NotImplementedError(f"{name} has no CUDA kernel yet; pass NumPy (host) arrays")
+    """For ops without a CUDA kernel: refuse device arrays instead of copying them silently."""
+    if any(_device.is_device_array(a) for a in arrays):
+        raise NotImplementedError(f"{name} has no CUDA kernel yet; pass NumPy (host) arrays")
 
 
 def feature_major(a):
@@ -80,7 +95,8 @@ def spmm(indptr, indices, data, x):
     Y is returned F-ordered (a transposed view of the feature-major result): the next layer
     then packs it without a transpose.
     """
-    _require_host("spmm", data, x)
+    if _on_cuda(indptr=indptr, indices=indices, data=data, x=x):
+        return _gpu().spmm(indptr, indices, data, x)
     n_row = indptr.shape[0] - 1
     xp = _pack(x, data.dtype, _lanes(data.dtype, x.shape[0]))
     out_t = np.empty((n_row, x.shape[0]), dtype=data.dtype)
@@ -95,7 +111,8 @@ def spmm_t(indptr, indices, data, n_col, g):
 
     Needs sorted column indices within each row (canonical CSR, checked upstream).
     """
-    _require_host("spmm_t", data, g)
+    if _on_cuda(indptr=indptr, indices=indices, data=data, g=g):
+        return _gpu().spmm_t(indptr, indices, data, n_col, g)
     gp = _pack(g, data.dtype, _lanes(data.dtype, g.shape[0]))
     out_t = np.empty((n_col, g.shape[0]), dtype=data.dtype)
     if gp.shape[0]:
@@ -107,7 +124,8 @@ def spmm_t(indptr, indices, data, n_col, g):
 
 def sddmm(indptr, indices, g, x):
     """grad_W[k] = sum_b G[b, row_k] X[b, col_k] on W's pattern; G (B, n_row), X (B, n_col)."""
-    _require_host("sddmm", g, x)
+    if _on_cuda(indptr=indptr, indices=indices, g=g, x=x):
+        return _gpu().sddmm(indptr, indices, g, x)
     n_row = indptr.shape[0] - 1
     out = np.empty(indices.shape[0], dtype=g.dtype)
     # One tile as wide as the batch (rounded up to whole SIMD vectors): each entry is then one
@@ -157,7 +175,8 @@ def _flat_grad(grad, param):
 
 def sgd_update(param, grad, buf, *, lr, momentum, dampening, weight_decay, nesterov, first):
     """In-place SGD step on one parameter array (any shape); ``buf`` same shape or None."""
-    _require_host("sgd_update", param, grad)
+    if _on_cuda(param=param, grad=grad, buf=buf):
+        return _gpu().sgd_update(lr, momentum, dampening, weight_decay, nesterov, first, param, grad, buf)
     p = _flat(param)
     b = _flat(buf) if buf is not None else p[:0]
     _update.sgd_update(float(lr), float(momentum), float(dampening), float(weight_decay),
@@ -166,7 +185,9 @@ def sgd_update(param, grad, buf, *, lr, momentum, dampening, weight_decay, neste
 
 def adam_update(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay, decoupled, step):
     """In-place Adam/AdamW step on one parameter array; ``step`` is the 1-based count after this step."""
-    _require_host("adam_update", param, grad)
+    if _on_cuda(param=param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq):
+        return _gpu().adam_update(lr, beta1, beta2, eps, weight_decay, decoupled, step,
+                                  param, grad, exp_avg, exp_avg_sq)
     _update.adam_update(float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
                         bool(decoupled), int(step), _flat(param), _flat_grad(grad, param),
                         _flat(exp_avg), _flat(exp_avg_sq))

@@ -3,6 +3,8 @@ import numbers
 
 import numpy as np
 
+from .kernels.device import is_device_array
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -32,9 +34,7 @@ def as_float_array(a, name, dtype=None):
     When ``dtype`` is given the array must already have it: mixing float32 and float64 is an
     error rather than a silent upcast, so float32 models stay float32.
     """
-    if hasattr(a, "__cuda_array_interface__"):
-        return a
-    arr = np.asarray(a)
+    arr = a if is_device_array(a) else np.asarray(a)  # device arrays stay where they are
     if arr.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a float32 or float64 array; got dtype {arr.dtype}")
     if dtype is not None and arr.dtype != dtype:

@@ -16,10 +16,16 @@ def _check_sparse_weight(weight):
         )
 
 
+def _shape(a):
+    """``a.shape`` as a plain tuple (device arrays of the CUDA simulator have a tuple-like shape)."""
+    return tuple(np.shape(a))
+
+
 def _as_batch(a, name, features, dtype, what):
     """Validate a (*, features) array and flatten its leading dimensions to one batch axis."""
     a = as_float_array(a, name, dtype)
-    if a.ndim == 0 or a.shape[-1] != features:
+    shape = _shape(a)
+    if len(shape) == 0 or shape[-1] != features:
         raise ValueError(f"{name} must have shape (*, {what}={features}); got shape {a.shape}")
     return a.reshape(-1, features)
 
@@ -36,9 +42,9 @@ def _check_bias(bias, out_features, dtype):
 def _check_backward_args(grad_out, x, out_features, in_features, dtype):
     x2 = _as_batch(x, "x", in_features, dtype, "in_features")
     g2 = _as_batch(grad_out, "grad_out", out_features, dtype, "out_features")
-    if np.shape(grad_out)[:-1] != np.shape(x)[:-1]:
+    if _shape(grad_out)[:-1] != _shape(x)[:-1]:
         raise ValueError(
-            f"grad_out's leading dimensions must match x's; got grad_out {np.shape(grad_out)} and x {np.shape(x)}"
+            f"grad_out's leading dimensions must match x's; got grad_out {_shape(grad_out)} and x {_shape(x)}"
         )
     return g2, x2
 
@@ -80,7 +86,7 @@ def sparse_linear(x, weight, bias=None):
     y = kernels.spmm(weight.indptr, weight.indices, weight.data, x2)
     if bias is not None:
         y += bias
-    return y.reshape(np.shape(x)[:-1] + (out_features,))
+    return y.reshape(_shape(x)[:-1] + (out_features,))
 
 
 def sparse_linear_backward(grad_out, x, weight):
@@ -107,7 +113,7 @@ def sparse_linear_backward(grad_out, x, weight):
     grad_x = kernels.spmm_t(weight.indptr, weight.indices, weight.data, in_features, g2)
     grad_weight = kernels.sddmm(weight.indptr, weight.indices, g2, x2)
     grad_bias = g2.sum(axis=0)
-    return grad_x.reshape(np.shape(x)), grad_weight, grad_bias
+    return grad_x.reshape(_shape(x)), grad_weight, grad_bias
 
 
 def _check_dense_weight(weight):
@@ -133,7 +139,7 @@ def linear(x, weight, bias=None):
     y = x2 @ weight.T
     if bias is not None:
         y += bias
-    return y.reshape(np.shape(x)[:-1] + (out_features,))
+    return y.reshape(_shape(x)[:-1] + (out_features,))
 
 
 def linear_backward(grad_out, x, weight):
@@ -141,4 +147,4 @@ def linear_backward(grad_out, x, weight):
     weight = _check_dense_weight(weight)
     out_features, in_features = weight.shape
     g2, x2 = _check_backward_args(grad_out, x, out_features, in_features, weight.dtype)
-    return (g2 @ weight).reshape(np.shape(x)), g2.T @ x2, g2.sum(axis=0)
+    return (g2 @ weight).reshape(_shape(x)), g2.T @ x2, g2.sum(axis=0)

@@ -1,0 +1,32 @@
+"""The one dispatch point sends device arrays to the CUDA kernels (simulator or GPU)."""
+import numpy as np
+import pytest
+
+import sparsenet.functional as F
+import sparsenet.kernels as K
+from sparsenet import CSRMatrix
+
+cuda = pytest.importorskip("numba.cuda")
+
+
+def test_functional_sparse_linear_runs_on_device_arrays(rng):
+    w = CSRMatrix.random((7, 5), 0.4, rng=rng, dtype=np.float32)
+    x = rng.standard_normal((3, 5)).astype(np.float32)
+    g = rng.standard_normal((3, 7)).astype(np.float32)
+    wd, xd, gd = w.to("cuda"), cuda.to_device(x), cuda.to_device(g)
+    np.testing.assert_allclose(F.sparse_linear(xd, wd).copy_to_host(), F.sparse_linear(x, w), rtol=1e-5, atol=1e-6)
+    gx = K.spmm_t(wd.indptr, wd.indices, wd.data, 5, gd).copy_to_host()
+    np.testing.assert_allclose(gx, g @ w.to_dense(), rtol=1e-5, atol=1e-6)
+    gw = K.sddmm(wd.indptr, wd.indices, gd, xd).copy_to_host()
+    np.testing.assert_allclose(gw, K.sddmm(w.indptr, w.indices, g, x), rtol=1e-5, atol=1e-6)
+
+
+def test_mixing_devices_names_each_argument(rng):
+    w = CSRMatrix.random((4, 3), 0.5, rng=rng, dtype=np.float32)
+    with pytest.raises(ValueError, match="x on cuda"):
+        K.spmm(w.indptr, w.indices, w.data, cuda.to_device(np.ones((2, 3), np.float32)))
+
+
+def test_op_without_cuda_kernel_refuses_device_arrays():
+    with pytest.raises(NotImplementedError, match="no CUDA kernel"):
+        K._require_host("local2d", cuda.to_device(np.ones(3)))
