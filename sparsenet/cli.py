@@ -257,16 +257,10 @@ def _cmd_info(args):
             print(f"{dist:<9} {metadata.version(dist)}")
         except metadata.PackageNotFoundError:
             print(f"{dist:<9} not installed")
-    try:
-        from numba import cuda
+    from .kernels.device import cuda_available
 
-        if cuda.is_available():
-            name = cuda.get_current_device().name
-            detail = f"yes ({name.decode() if isinstance(name, bytes) else name})"
-        else:
-            detail = "no"
-    except Exception as err:  # CUDA probing fails in many driver-specific ways; info must not
-        detail = f"no ({type(err).__name__})"
+    ok, reason = cuda_available()
+    detail = f"{'yes' if ok else 'no'}: {reason}"
     print(f"CUDA      {detail}")
     return 0
 

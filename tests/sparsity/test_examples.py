@@ -1,4 +1,5 @@
 """The example scripts run end to end (tiny settings) and write their outputs."""
+import os
 import pathlib
 import runpy
 import sys
@@ -26,6 +27,10 @@ def test_example_runs(tmp_path, monkeypatch, script, args, outputs):
     pytest.importorskip("matplotlib")
     pytest.importorskip("sklearn")
     monkeypatch.setattr(sys, "argv", [script, "--out", str(tmp_path), *args])
+    # The scripts default NUMBA_NUM_THREADS to 1 for a fresh process; here numba's pool is already
+    # running, and a changed variable would make every later compilation fail.  Pin it as it is.
+    monkeypatch.setenv("NUMBA_NUM_THREADS", str(numba.config.NUMBA_NUM_THREADS))
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", os.environ.get("OPENBLAS_NUM_THREADS", "1"))
     # as the scripts do for themselves when started fresh: one thread for these tiny models
     # (a parallel region on a shared 2-core machine waits for its slowest thread)
     before = numba.get_num_threads()
