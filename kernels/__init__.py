@@ -18,7 +18,7 @@ import numpy as np
 from . import device as _device
 from .cpu import csr as _csr
 
-__all__ = ["spmm", "spmm_t", "sddmm", "csr_transpose", "csr_row_faults", "feature_major"]
+__all__ = ["spmm", "spmm_t", "sddmm", "csr_transpose", "csr_row_faults"]
 
 def _on_cuda(**arrays):
     """True when the arrays are CUDA device arrays; mixing host and device raises ValueError.
@@ -38,11 +38,6 @@ def _require_host(name, *arrays):
     """For ops without a CUDA kernel: refuse device arrays instead of copying them silently."""
     if any(_device.is_device_array(a) for a in arrays):
         raise NotImplementedError(f"{name} has no CUDA kernel yet; pass NumPy (host) arrays")
-
-
-def feature_major(a):
-    """(batch, features) array -> C-contiguous (features, batch); free for F-ordered input."""
-    return np.ascontiguousarray(a.T)
 
 
 def _lanes(dtype, batch):
