@@ -362,7 +362,8 @@ def conv2d(x, weight, bias, stride, padding, dilation):
     ``groups`` is implied by ``C // weight.shape[1]``.  No im2col matrix: the only copy is
     the zero-padded, phase-split input.
     """
-    _require_host("conv2d", x, weight)
+    if _on_cuda(x=x, weight=weight, bias=bias):
+        return _gpu().conv2d(x, weight, bias, stride, padding, dilation)
     o, cg, kh, kw = weight.shape
     indptr, indices = _dense_pattern(o, cg * kh * kw)
     return _conv_forward(x, indptr, indices, np.ascontiguousarray(weight).reshape(-1), (kh, kw), bias,
@@ -371,7 +372,8 @@ def conv2d(x, weight, bias, stride, padding, dilation):
 
 def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, need_weight=True):
     """(grad_x or None, grad_weight or None) of :func:`conv2d` for grad_out ``g``."""
-    _require_host("conv2d_backward", g, x, weight)
+    if _on_cuda(g=g, x=x, weight=weight):
+        return _gpu().conv2d_backward(g, x, weight, stride, padding, dilation, need_input, need_weight)
     o, cg, kh, kw = weight.shape
     indptr, indices = _dense_pattern(o, cg * kh * kw)
     gx, gw = _conv_backward(g, x, indptr, indices, np.ascontiguousarray(weight).reshape(-1), (kh, kw), stride,
@@ -434,7 +436,8 @@ def _pool_out(x_shape, kernel, stride, padding):
 
 def max_pool2d(x, kernel, stride, padding):
     """Max pooling, NCHW; padding acts as -inf."""
-    _require_host("max_pool2d", x)
+    if _on_cuda(x=x):
+        return _gpu().max_pool2d(x, kernel, stride, padding)
     x = np.ascontiguousarray(x)
     out = np.empty(x.shape[:2] + _pool_out(x.shape, kernel, stride, padding), dtype=x.dtype)
     _pool.max_pool2d_fwd(x, *kernel, *stride, *padding, out)
@@ -443,7 +446,8 @@ def max_pool2d(x, kernel, stride, padding):
 
 def max_pool2d_backward(g, x, kernel, stride, padding):
     """grad_x of :func:`max_pool2d`: each window's grad goes to its (first) maximum."""
-    _require_host("max_pool2d_backward", g, x)
+    if _on_cuda(g=g, x=x):
+        return _gpu().max_pool2d_backward(g, x, kernel, stride, padding)
     gx = np.empty(x.shape, dtype=x.dtype)
     _pool.max_pool2d_bwd(np.ascontiguousarray(g), np.ascontiguousarray(x), *kernel, *stride, *padding, gx)
     return gx
@@ -451,7 +455,8 @@ def max_pool2d_backward(g, x, kernel, stride, padding):
 
 def avg_pool2d(x, kernel, stride, padding):
     """Average pooling, NCHW, padding counted in the divisor (count_include_pad=True)."""
-    _require_host("avg_pool2d", x)
+    if _on_cuda(x=x):
+        return _gpu().avg_pool2d(x, kernel, stride, padding)
     x = np.ascontiguousarray(x)
     out = np.empty(x.shape[:2] + _pool_out(x.shape, kernel, stride, padding), dtype=x.dtype)
     _pool.avg_pool2d_fwd(x, *kernel, *stride, *padding, out)
@@ -460,7 +465,8 @@ def avg_pool2d(x, kernel, stride, padding):
 
 def avg_pool2d_backward(g, x_shape, dtype, kernel, stride, padding):
     """grad_x of :func:`avg_pool2d` for an input of shape ``x_shape``."""
-    _require_host("avg_pool2d_backward", g)
+    if _on_cuda(g=g):
+        return _gpu().avg_pool2d_backward(g, x_shape, dtype, kernel, stride, padding)
     gx = np.empty(x_shape, dtype=dtype)
     _pool.avg_pool2d_bwd(np.ascontiguousarray(g), *kernel, *stride, *padding, gx)
     return gx

@@ -30,3 +30,22 @@ def test_mixing_devices_names_each_argument(rng):
 def test_op_without_cuda_kernel_refuses_device_arrays():
     with pytest.raises(NotImplementedError, match="no CUDA kernel"):
         K._require_host("local2d", cuda.to_device(np.ones(3)))
+
+
+def test_conv_and_pool_dispatch_to_device(rng):
+    x = rng.standard_normal((1, 2, 4, 4)).astype(np.float32)
+    w = rng.standard_normal((2, 2, 3, 2)).astype(np.float32)
+    b = rng.standard_normal(2).astype(np.float32)
+    geometry = ((1, 1), (1, 0), (1, 1))
+    y = K.conv2d(x, w, b, *geometry)
+    yd = K.conv2d(cuda.to_device(x), cuda.to_device(w), cuda.to_device(b), *geometry)
+    np.testing.assert_allclose(yd.copy_to_host(), y, rtol=1e-4, atol=1e-5)
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    gx, gw = K.conv2d_backward(g, x, w, *geometry)
+    gxd, gwd = K.conv2d_backward(cuda.to_device(g), cuda.to_device(x), cuda.to_device(w), *geometry)
+    np.testing.assert_allclose(gxd.copy_to_host(), gx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gwd.copy_to_host(), gw, rtol=1e-4, atol=1e-4)
+    pool = ((2, 2), (2, 2), (0, 0))
+    np.testing.assert_array_equal(K.max_pool2d(cuda.to_device(x), *pool).copy_to_host(), K.max_pool2d(x, *pool))
+    np.testing.assert_allclose(K.avg_pool2d(cuda.to_device(x), *pool).copy_to_host(), K.avg_pool2d(x, *pool),
+                               rtol=1e-6)
