@@ -18,7 +18,8 @@ import numpy as np
 from . import device as _device
 from .cpu import csr as _csr
 
-__all__ = ["spmm", "spmm_t", "sddmm", "csr_transpose", "csr_row_faults"]
+__all__ = ["spmm", "spmm_t", "sddmm", "csr_transpose", "csr_row_faults", "require_host", "to_device",
+           "to_host", "zeros_like"]
 
 def _on_cuda(**arrays):
     """True when the arrays are CUDA device arrays; mixing host and device raises ValueError.
@@ -34,10 +35,36 @@ def _gpu():
     return cuda
 
 
-def _require_host(name, *arrays):
-    """For ops without a CUDA kernel: refuse device arrays instead of copying them silently."""
+def require_host(name, *arrays):
+    """For ops without a CUDA kernel: refuse device arrays instead of copying them silently.
+
+    Raises NotImplementedError naming ``name`` when any of ``arrays`` is a device array.
+    """
     if any(_device.is_device_array(a) for a in arrays):
         raise NotImplementedError(f"{name} has no CUDA kernel yet; pass NumPy (host) arrays")
+
+
+def to_device(a, device="cuda"):
+    """``a`` on ``device`` ("cpu" or "cuda"): an explicit copy when it lives elsewhere, else ``a``."""
+    if device == "cpu":
+        return to_host(a)
+    if device != "cuda":
+        raise ValueError(f"device must be one of {_device.DEVICES}; got {device!r}")
+    return _gpu().to_device(a)
+
+
+def to_host(a):
+    """A NumPy array with ``a``'s values (``a`` itself when it already is one)."""
+    if _device.is_device_array(a):
+        return _gpu().to_host(a)
+    return np.asarray(a)
+
+
+def zeros_like(a):
+    """Zeros of ``a``'s shape and dtype, C-ordered, on ``a``'s device."""
+    if _device.is_device_array(a):
+        return _gpu().zeros(tuple(a.shape), a.dtype)
+    return np.zeros(np.shape(a), a.dtype)
 
 
 def _lanes(dtype, batch):
@@ -383,21 +410,24 @@ def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, ne
 
 def sparse_conv2d(x, indptr, indices, data, kernel, bias, stride, padding, dilation, groups):
     """Weight-sparse direct convolution; the CSR weight is (O, C/groups*KH*KW), never densified."""
-    _require_host("sparse_conv2d", x, data)
+    if _on_cuda(x=x, indptr=indptr, indices=indices, data=data, bias=bias):
+        return _gpu().sparse_conv2d(x, indptr, indices, data, kernel, bias, stride, padding, dilation, groups)
     return _conv_forward(x, indptr, indices, data, kernel, bias, stride, padding, dilation, groups)
 
 
 def sparse_conv2d_backward(g, x, indptr, indices, data, kernel, stride, padding, dilation, groups,
                            need_input=True, need_weight=True):
     """(grad_x or None, grad_data (nnz,) or None) of :func:`sparse_conv2d`."""
-    _require_host("sparse_conv2d_backward", g, x, data)
+    if _on_cuda(g=g, x=x, indptr=indptr, indices=indices, data=data):
+        return _gpu().sparse_conv2d_backward(g, x, indptr, indices, data, kernel, stride, padding, dilation,
+                                             groups, need_input, need_weight)
     return _conv_backward(g, x, indptr, indices, data, kernel, stride, padding, dilation, groups,
                           need_input, need_weight)
 
 
 def local2d(x, weight, bias, kernel, stride, padding):
     """Locally connected layer: weight (OH, OW, O, C*KH*KW), bias (O, OH, OW) or None."""
-    _require_host("local2d", x, weight)
+    require_host("local2d", x, weight)
     n = x.shape[0]
     out_h, out_w, o, k = weight.shape
     xp = _pad(x, padding)
@@ -411,7 +441,7 @@ def local2d(x, weight, bias, kernel, stride, padding):
 
 def local2d_backward(g, x, weight, kernel, stride, padding, need_input=True, need_weight=True):
     """(grad_x or None, grad_weight or None) of :func:`local2d`."""
-    _require_host("local2d_backward", g, x, weight)
+    require_host("local2d_backward", g, x, weight)
     n, c, h, w = x.shape
     out_h, out_w, o, k = weight.shape
     g = np.ascontiguousarray(g)
@@ -576,7 +606,7 @@ def topk_abs_grad(indptr, indices, g, x, k, *, tile_rows=None):
     the current k-th best score, a linear-time selection.  Returns ``(rows, cols, scores)``
     sorted by (row, col); ties in score go to the smaller flat index; NaN scores are skipped.
     """
-    _require_host("topk_abs_grad", g, x)
+    require_host("topk_abs_grad", g, x)
     n_row, n_col = g.shape[1], x.shape[1]
     dtype = np.result_type(g.dtype, x.dtype)
     k = int(max(0, min(k, n_row * n_col - indices.shape[0])))
@@ -612,3 +642,166 @@ def topk_abs_grad(indptr, indices, g, x, k, *, tile_rows=None):
     order = np.argsort(top_idx, kind="stable")
     rows, cols = np.divmod(top_idx[order], n_col)
     return rows, cols, top_val[order]
+
+
+# ---------------------------------------------------------------------------------------------
+# The rest of a training step: element-wise maps, bias, reductions, dense products, losses.
+# Host arrays get NumPy (these are memory-bound one-liners BLAS or ufuncs already do well),
+# device arrays the kernels of kernels/cuda/ops.py, so a model on the GPU never leaves it.
+# ---------------------------------------------------------------------------------------------
+__all__ += [
+    "on_device", "ascontiguous", "copy", "add_", "bias_add_", "batch_sum", "channel_sum", "matmul",
+    "ACTIVATIONS", "activation", "activation_backward", "scaled_mul", "cross_entropy",
+    "cross_entropy_backward", "mse_loss", "mse_loss_backward",
+]
+
+
+def on_device(**arrays):
+    """True when the named arrays are CUDA device arrays (ValueError when devices are mixed)."""
+    return _on_cuda(**arrays)
+
+
+def ascontiguous(a):
+    """C-contiguous array with ``a``'s values on ``a``'s device (``a`` itself when it already is)."""
+    if _device.is_device_array(a):
+        return _gpu().contiguous(a)
+    return np.ascontiguousarray(a)
+
+
+def copy(a):
+    """A new array equal to ``a``, on ``a``'s device."""
+    if _device.is_device_array(a):
+        return _gpu().copy(a)
+    return np.array(a, copy=True)
+
+
+def add_(dst, src):
+    """``dst += src`` in place (gradient accumulation); returns dst."""
+    if _on_cuda(dst=dst, src=src):
+        return _gpu().add_(dst, src)
+    dst += src
+    return dst
+
+
+def bias_add_(y, bias):
+    """``y += bias`` in place for y (B, F), bias (F,); returns y."""
+    if _on_cuda(y=y, bias=bias):
+        return _gpu().bias_add_(y, bias)
+    y += bias
+    return y
+
+
+def batch_sum(g):
+    """Sum over the batch axis of (B, F): the bias gradient of a linear layer."""
+    if _on_cuda(g=g):
+        return _gpu().batch_sum(g)
+    return g.sum(axis=0)
+
+
+def channel_sum(g):
+    """Sum of (N, O, H, W) over all but the channel axis: the bias gradient of a convolution."""
+    if _on_cuda(g=g):
+        return _gpu().conv2d_grad_bias(g)
+    return g.sum(axis=(0, 2, 3))
+
+
+def matmul(a, b, *, transpose_a=False, transpose_b=False):
+    """``op(a) @ op(b)`` for 2-D arrays, op = transpose where asked (a view, never a copy)."""
+    if _on_cuda(a=a, b=b):
+        kc = _gpu()
+        return kc.matmul(kc.transpose(a) if transpose_a else a, kc.transpose(b) if transpose_b else b)
+    return (a.T if transpose_a else a) @ (b.T if transpose_b else b)
+
+
+ACTIVATIONS = {"relu": 0, "leaky_relu": 1, "tanh": 2, "sigmoid": 3}  # codes of kernels/cuda/ops.py
+
+
+def activation(name, x, slope=0.0):
+    """Element-wise activation ``name`` in ACTIVATIONS (``slope``: LeakyReLU's negative slope)."""
+    kind = ACTIVATIONS[name]
+    if _on_cuda(x=x):
+        return _gpu().activation(kind, slope, x)
+    if name == "relu":
+        return np.maximum(x, 0)
+    if name == "leaky_relu":
+        return np.where(x > 0, x, x * x.dtype.type(slope))
+    if name == "tanh":
+        return np.tanh(x)
+    from scipy.special import expit  # noqa: PLC0415  (overflow-free logistic)
+
+    return expit(x)
+
+
+def activation_backward(name, saved, g, slope=0.0):
+    """``g * act'`` from what the forward kept: its output, or its input for ``leaky_relu``."""
+    kind = ACTIVATIONS[name]
+    if _on_cuda(saved=saved, g=g):
+        return _gpu().activation_backward(kind, slope, saved, g)
+    if name == "relu":
+        return g * (saved > 0)
+    if name == "leaky_relu":
+        return np.where(saved > 0, g, g * g.dtype.type(slope))
+    if name == "tanh":
+        return g * (1 - saved * saved)
+    return g * (saved * (1 - saved))
+
+
+def scaled_mul(x, mask, scale):
+    """``x * mask * scale`` (dropout with a keep mask of x's shape and dtype)."""
+    if _on_cuda(x=x, mask=mask):
+        return _gpu().scaled_mul(x, mask, scale)
+    return x * mask * x.dtype.type(scale)
+
+
+def cross_entropy(logits, target):
+    """Mean cross-entropy of integer targets; a scalar on the host, a (1,) array on the device.
+
+    Targets out of range are the caller's to reject on the host; on the device they give NaN.
+    """
+    if _on_cuda(logits=logits, target=target):
+        return _gpu().cross_entropy(logits, target)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    per_sample = np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(logits.shape[0]), target]
+    return logits.dtype.type(np.mean(per_sample))
+
+
+def cross_entropy_backward(logits, target, grad_out=1.0):
+    """``grad_out * (softmax(logits) - onehot(target)) / batch``."""
+    if _on_cuda(logits=logits, target=target):
+        return _gpu().cross_entropy_backward(logits, target, grad_out / logits.shape[0])
+    # Subtracting the row maximum keeps exp() in [0, 1]: no overflow, no NaN.
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    grad = np.exp(shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True)))
+    grad[np.arange(logits.shape[0]), target] -= 1
+    grad /= logits.shape[0]
+    if grad_out != 1.0:
+        grad *= logits.dtype.type(grad_out)
+    return grad
+
+
+def mse_loss(x, t):
+    """Mean squared error; a scalar on the host, a (1,) array on the device."""
+    if _on_cuda(input=x, target=t):
+        return _gpu().mse_loss(x, t)
+    diff = x - t
+    return x.dtype.type(np.mean(diff * diff))
+
+
+def mse_loss_backward(x, t, grad_out=1.0):
+    """``2 grad_out (x - t) / x.size``."""
+    if _on_cuda(input=x, target=t):
+        return _gpu().mse_loss_backward(x, t, 2.0 * grad_out / x.size)
+    return (x - t) * x.dtype.type(2.0 * grad_out / x.size)
+
+
+__all__ += ["metrics_accumulator", "accumulate_metrics"]
+
+
+def metrics_accumulator():
+    """A zeroed (3,) float64 device array for :func:`accumulate_metrics` (GPU training loops)."""
+    return _gpu().metrics_accumulator()
+
+
+def accumulate_metrics(acc, loss, batch, logits=None, target=None):
+    """On the device: ``acc += [loss * batch, #correct argmax (when target is given), batch]``."""
+    return _gpu().accumulate_metrics(acc, loss, batch, logits, target)

@@ -10,8 +10,10 @@ import time
 
 import numpy as np
 
+from . import kernels
 from ._validation import check_random_state
 from .data import DataLoader
+from .kernels.device import DEVICES
 from .nn.module import Module
 
 __all__ = ["fit", "evaluate", "Trainer", "Callback", "EarlyStopping", "ModelCheckpoint", "History",
@@ -34,10 +36,10 @@ def model_sparsity(model):
         if p.is_sparse:
             size = p.csr.shape[0] * p.csr.shape[1]
             total += size
-            zeros += size - int(np.count_nonzero(p.data))
+            zeros += size - int(np.count_nonzero(kernels.to_host(p.data)))
         elif p.name == "weight" and p.data.ndim >= 2:
             total += p.data.size
-            zeros += p.data.size - int(np.count_nonzero(p.data))
+            zeros += p.data.size - int(np.count_nonzero(kernels.to_host(p.data)))
     return zeros / total if total else 0.0
 
 
@@ -164,10 +166,64 @@ def _as_loader(data, batch_size, shuffle, rng, name):
     raise TypeError(f"{name} must be a DataLoader or an (x, y) pair; got {type(data).__name__}")
 
 
+def _is_classification(output, target):
+    return output.ndim == 2 and np.ndim(target) == 1 and np.asarray(target).dtype.kind in "iu"
+
+
 def _correct(output, target):
-    if output.ndim == 2 and np.asarray(target).ndim == 1 and np.asarray(target).dtype.kind in "iu":
+    if _is_classification(output, target):
         return int(np.sum(np.argmax(output, axis=1) == target))
     return None
+
+
+class _Meter:
+    """Running loss sum and correct count of an epoch, where the model computes.
+
+    On the CPU, plain Python numbers.  On the GPU, a (3,) device accumulator that a kernel
+    updates after each batch: reading the loss back per batch would stall the pipeline on a
+    device-to-host copy every step, so the host reads it once, in :meth:`result`.
+    """
+
+    def __init__(self, device):
+        self.device = device
+        self.loss = 0.0
+        self.correct = 0
+        self.n = 0
+        self.can_score = True
+        self.acc = kernels.metrics_accumulator() if device == "cuda" else None
+
+    def add(self, value, output, target_host, target):
+        """Count one batch: ``value`` is the loss (a host scalar, or a (1,) device array)."""
+        batch = len(target_host)
+        scored = _is_classification(output, target_host)
+        self.can_score = self.can_score and scored
+        if self.acc is not None:
+            kernels.accumulate_metrics(self.acc, value, batch, output if scored else None,
+                                            target if scored else None)
+            return None
+        value = float(value)
+        self.loss += value * batch
+        self.n += batch
+        self.correct += _correct(output, target_host) or 0
+        return value
+
+    def result(self):
+        """(mean loss, accuracy or None, samples)."""
+        if self.acc is not None:
+            total, correct, n = kernels.to_host(self.acc).tolist()
+            self.loss, self.correct, self.n = total, int(correct), int(n)
+        n = self.n
+        return self.loss / max(n, 1), (self.correct / n if self.can_score and n else None), n
+
+
+def _check_device(device):
+    if device is not None and device not in DEVICES:
+        raise ValueError(f"device must be None or one of {DEVICES}; got {device!r}")
+    return device
+
+
+def _to(device, a):
+    return kernels.to_device(a, device) if device == "cuda" else a
 
 
 def evaluate(model, data, loss=None, *, batch_size=1000):
@@ -186,6 +242,11 @@ def evaluate(model, data, loss=None, *, batch_size=1000):
     dict
         ``{"loss": float, "accuracy": float or None, "n": int}``.
 
+    Notes
+    -----
+    A model on the GPU (``model.to("cuda")``) is evaluated there: each batch is uploaded, and
+    the loss and accuracy are accumulated on the device and read back once.
+
     Examples
     --------
     >>> import numpy as np
@@ -198,31 +259,31 @@ def evaluate(model, data, loss=None, *, batch_size=1000):
 
     loss = CrossEntropyLoss() if loss is None else loss
     loader = _as_loader(data, batch_size, False, None, "data")
+    device = model.device
     was_training = model.training
     model.eval()
-    total_loss, correct, n, can_score = 0.0, 0, 0, True
+    meter = _Meter(device)
     try:
         for xb, yb in loader:
-            out = model(xb)
-            total_loss += float(loss(out, yb)) * len(xb)
-            c = _correct(out, yb)
-            can_score = can_score and c is not None
-            correct += c or 0
-            n += len(xb)
+            out = model(_to(device, xb))
+            yd = _to(device, yb)
+            meter.add(loss(out, yd), out, yb, yd)
     finally:
         model.train(was_training)
+    mean_loss, accuracy, n = meter.result()
     if n == 0:
         raise ValueError("evaluate got no samples")
-    return {"loss": total_loss / n, "accuracy": correct / n if can_score else None, "n": n}
+    return {"loss": mean_loss, "accuracy": accuracy, "n": n}
 
 
 class Trainer:
     """The state of one training run; :func:`fit` builds one and calls :meth:`run`."""
 
     def __init__(self, model, loss, optimizer, train_data, val_data=None, *, epochs=10, batch_size=32,
-                 callbacks=(), scheduler=None, progress=True, rng=None, initial_epoch=0, history=None):
+                 callbacks=(), scheduler=None, progress=True, rng=None, initial_epoch=0, history=None, device=None):
         if not isinstance(model, Module):
             raise TypeError(f"model must be a sparsenet.nn.Module; got {type(model).__name__}")
+        self.device = _check_device(device) or model.device
         if not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative integer; got {epochs!r}")
         self.model, self.loss, self.optimizer, self.scheduler = model, loss, optimizer, scheduler
@@ -254,6 +315,9 @@ class Trainer:
 
     def run(self):
         """Train from ``initial_epoch`` to ``epochs``; returns the :class:`History`."""
+        if self.model.device != self.device:
+            self.model.to(self.device)
+        self.optimizer.to(self.device)
         self.model.train()
         self._call("on_train_begin")
         for epoch in range(self.initial_epoch, self.epochs):
@@ -261,31 +325,33 @@ class Trainer:
             self._call("on_epoch_begin", epoch)
             t0 = time.perf_counter()
             bar = self._bar(len(self.train_loader), epoch)
-            total_loss, correct, n, can_score = 0.0, 0, 0, True
+            meter = _Meter(self.device)
             for i, (xb, yb) in enumerate(self.train_loader):
                 self.optimizer.zero_grad()
-                out = self.model(xb)
-                value = float(self.loss(out, yb))
-                if not math.isfinite(value):
+                yd = _to(self.device, yb)
+                out = self.model(_to(self.device, xb))
+                loss = self.loss(out, yd)
+                value = meter.add(loss, out, yb, yd)  # None on the GPU: not read back per batch
+                if value is not None and not math.isfinite(value):
                     raise FloatingPointError(
                         f"loss became {value} at epoch {epoch + 1}, batch {i}; lower the learning rate"
                     )
                 self.model.backward(self.loss.backward())
                 self._call("on_after_backward")
                 self.optimizer.step()
-                c = _correct(out, yb)
-                can_score = can_score and c is not None
-                correct += c or 0
-                total_loss += value * len(xb)
-                n += len(xb)
-                self._call("on_batch_end", i, {"loss": value})
+                self._call("on_batch_end", i, {"loss": value if value is not None else loss})
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{total_loss / n:.4f}", refresh=False)
+                    if value is not None:
+                        bar.set_postfix(loss=f"{meter.loss / meter.n:.4f}", refresh=False)
             if bar is not None:
                 bar.close()
-            logs = {"epoch": epoch + 1, "loss": total_loss / max(n, 1),
-                    "accuracy": correct / n if can_score and n else None,
+            mean_loss, accuracy, _ = meter.result()
+            if not math.isfinite(mean_loss):
+                raise FloatingPointError(
+                    f"loss became {mean_loss} during epoch {epoch + 1}; lower the learning rate"
+                )
+            logs = {"epoch": epoch + 1, "loss": mean_loss, "accuracy": accuracy,
                     "lr": self.optimizer.param_groups[0]["lr"]}
             if self.val_data is not None:
                 val = evaluate(self.model, self.val_data, self.loss)
@@ -307,7 +373,7 @@ class Trainer:
 
 
 def fit(model, loss, optimizer, train_data, val_data=None, *, epochs=10, batch_size=32, callbacks=(),
-        scheduler=None, progress=True, rng=None, initial_epoch=0, history=None):
+        scheduler=None, progress=True, rng=None, initial_epoch=0, history=None, device=None):
     """Train ``model`` with mini-batch gradient descent.
 
     Parameters
@@ -332,6 +398,11 @@ def fit(model, loss, optimizer, train_data, val_data=None, *, epochs=10, batch_s
     initial_epoch : int, default=0
     history : History or list of dict, optional
         Records of earlier epochs (when resuming).
+    device : {None, "cpu", "cuda"}, default=None
+        Where to train; None keeps the model where it is.  ``"cuda"`` moves the model and the
+        optimizer state to the GPU (``model.to("cuda")``) and uploads each batch; the whole
+        step (forward, loss, backward, update) then runs in CUDA kernels, and loss and accuracy
+        are read back once per epoch.  The model stays on the device afterwards.
 
     Returns
     -------
@@ -354,4 +425,4 @@ def fit(model, loss, optimizer, train_data, val_data=None, *, epochs=10, batch_s
     """
     return Trainer(model, loss, optimizer, train_data, val_data, epochs=epochs, batch_size=batch_size,
                    callbacks=callbacks, scheduler=scheduler, progress=progress, rng=rng,
-                   initial_epoch=initial_epoch, history=history).run()
+                   initial_epoch=initial_epoch, history=history, device=device).run()

@@ -27,7 +27,7 @@ import weakref
 import numpy as np
 
 __all__ = [
-    "to_device", "to_host", "as_device_array", "feature_major", "empty",
+    "to_device", "to_host", "as_device_array", "feature_major", "empty", "zeros",
     "spmm", "spmm_t", "sddmm", "transpose_pattern",
     "sgd_update", "adam_update",
 ]
@@ -153,6 +153,13 @@ def _fill(out, value):
         return
     blocks = min(math.ceil(n / csr.FILL_THREADS), csr.FILL_MAX_BLOCKS)
     csr.fill[blocks, csr.FILL_THREADS](out, value)
+
+
+def zeros(shape, dtype):
+    """Zero-filled device array (C order)."""
+    out = empty(shape, dtype)
+    _fill(out.reshape(out.size), 0.0)
+    return out
 
 
 def _same_dtype(**arrays):
@@ -380,11 +387,7 @@ def conv2d(x, weight, bias, stride, padding, dilation):
     out_h = _out_size(x.shape[2], kh, stride[0], padding[0], dilation[0])
     out_w = _out_size(x.shape[3], kw, stride[1], padding[1], dilation[1])
     out = empty((n, o, max(out_h, 0), max(out_w, 0)), x.dtype)
-    if bias is None:
-        bias = empty((o,), x.dtype)
-        _fill(bias, 0.0)
-    else:
-        bias = as_device_array(bias, "bias")
+    bias = zeros((o,), x.dtype) if bias is None else as_device_array(bias, "bias")
     if out.size == 0:
         return out
     grid, block = _tiled_grid(n * o, out_h, out_w)  # a block per output tile of one (n, o) plane
@@ -470,6 +473,54 @@ def avg_pool2d_backward(g, x_shape, dtype, kernel, stride, padding):
     return gx
 
 
+def sparse_conv2d(x, indptr, indices, data, kernel, bias, stride, padding, dilation, groups):
+    """Weight-sparse convolution on the device; the CSR weight (O, C/groups*KH*KW) is never densified."""
+    conv = _conv()
+    x = _nchw(x, "x")
+    indptr, indices = _pattern(indptr, indices)
+    data = as_device_array(data, "data")
+    _same_dtype(x=x, data=data)
+    o = indptr.shape[0] - 1
+    out_h = _out_size(x.shape[2], kernel[0], stride[0], padding[0], dilation[0])
+    out_w = _out_size(x.shape[3], kernel[1], stride[1], padding[1], dilation[1])
+    out = empty((x.shape[0], o, max(out_h, 0), max(out_w, 0)), x.dtype)
+    bias = zeros((o,), x.dtype) if bias is None else as_device_array(bias, "bias")
+    if out.size:
+        grid, block = _tiled_grid(x.shape[0] * o, out_h, out_w)
+        conv.sparse_conv2d_fwd[grid, block](x, indptr, indices, data, int(groups), *kernel, *stride, *padding,
+                                            *dilation, bias, out)
+    return out
+
+
+def sparse_conv2d_backward(g, x, indptr, indices, data, kernel, stride, padding, dilation, groups,
+                           need_input=True, need_weight=True):
+    """(grad_x or None, grad_data (nnz,) or None) of :func:`sparse_conv2d`, on the device.
+
+    grad_x walks W's transposed pattern (cached per pattern like ``spmm_t``'s): one writer per
+    input element, no atomics.
+    """
+    conv = _conv()
+    g, x = _nchw(g, "g"), _nchw(x, "x")
+    indptr, indices = _pattern(indptr, indices)
+    data = as_device_array(data, "data")
+    _same_dtype(g=g, x=x, data=data)
+    n_cols = x.shape[1] // groups * kernel[0] * kernel[1]
+    grad_x = grad_w = None
+    if need_input:
+        grad_x = empty(x.shape, x.dtype)
+        if grad_x.size:
+            indptr_t, indices_t, perm = transpose_pattern(n_cols, indptr, indices)
+            grid, block = _tiled_grid(x.shape[0] * x.shape[1], x.shape[2], x.shape[3])
+            conv.sparse_conv2d_grad_input[grid, block](g, indptr_t, indices_t, perm, data, int(groups), *kernel,
+                                                       *stride, *padding, *dilation, grad_x)
+    if need_weight:
+        grad_w = empty((indices.shape[0],), x.dtype)
+        if grad_w.size:
+            conv.sparse_conv2d_grad_weight[(indices.shape[0],), (conv.RED_THREADS,)](
+                g, x, indptr, indices, int(groups), *kernel, *stride, *padding, *dilation, grad_w)
+    return grad_x, grad_w
+
+
 def _missing(name):
     def fn(*args, **kwargs):
         raise NotImplementedError(f"{name} has no CUDA kernel yet; move the arrays to the host with .to('cpu')")
@@ -479,8 +530,6 @@ def _missing(name):
     return fn
 
 
-sparse_conv2d = _missing("sparse_conv2d")
-sparse_conv2d_backward = _missing("sparse_conv2d_backward")
 local2d = _missing("local2d")
 local2d_backward = _missing("local2d_backward")
 
@@ -488,4 +537,249 @@ __all__ += [
     "conv2d", "conv2d_backward", "conv2d_grad_bias", "max_pool2d", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward", "sparse_conv2d", "sparse_conv2d_backward", "local2d",
     "local2d_backward",
+]
+
+
+# ----------------------------------------------------------------------------- training-step ops
+# Element-wise maps, bias, accumulation, dense products and losses: what a whole training step
+# needs besides the sparse products and convolutions, so that it never leaves the device.
+def _ops():
+    from . import ops  # noqa: PLC0415
+
+    return ops
+
+
+def _order(a):
+    """'C' or 'F' for a contiguous array (C wins for 1-D and size <= 1), None otherwise."""
+    if _is_c_contiguous(a.shape, a.strides, a.dtype.itemsize):
+        return "C"
+    if _is_c_contiguous(a.shape[::-1], a.strides[::-1], a.dtype.itemsize):
+        return "F"
+    return None
+
+
+def _flat_view(a):
+    """1-D view of a contiguous (C or F) device array, in memory order."""
+    order = _order(a)
+    if order is None:
+        raise ValueError(f"expected a contiguous device array; got shape {a.shape}, strides {a.strides}")
+    return a.reshape(a.size, order=order) if a.ndim != 1 else a
+
+
+def _empty_like(a, order=None):
+    return _cuda().device_array(a.shape, dtype=a.dtype, order=order or _order(a) or "C")
+
+
+def _grid(n):
+    ops = _ops()
+    return min(max(1, math.ceil(n / ops.THREADS)), ops.MAX_BLOCKS), ops.THREADS
+
+
+def _copy_into(src, dst):
+    """dst[...] = src[...] for 2-D or 4-D device arrays of any strides."""
+    ops = _ops()
+    if dst.size == 0:
+        return dst
+    if src.ndim == 2:
+        if _order(src) == "F" and _order(dst) == "C":
+            _launch_transpose(_transposed_view(src), dst)  # coalesced on both sides
+        else:
+            ops.copy_2d[_grid(dst.size)](src, dst)
+    elif src.ndim == 4:
+        ops.copy_4d[_grid(dst.size)](src, dst)
+    elif src.ndim == 1 and _order(src):
+        ops.copy_2d[_grid(dst.size)](src.reshape(1, src.size), dst.reshape(1, dst.size))
+    else:
+        raise NotImplementedError(
+            f"device copies of strided {src.ndim}-D arrays are not implemented; got shape {src.shape}, "
+            f"strides {src.strides}")
+    return dst
+
+
+def contiguous(a, name="array"):
+    """A C-contiguous device array with ``a``'s values: ``a`` itself when it already is."""
+    a = as_device_array(a, name)
+    if _order(a) == "C":
+        return a
+    return _copy_into(a, empty(a.shape, a.dtype))
+
+
+def copy(a, name="array"):
+    """A new device array equal to ``a`` (same memory order when contiguous)."""
+    a = as_device_array(a, name)
+    out = _empty_like(a)
+    if _order(a) is None:
+        return _copy_into(a, out)
+    if a.size:
+        out.copy_to_device(a)  # device-to-device, same layout
+    return out
+
+
+def _like(a, ref, name):
+    """``a`` laid out exactly as ``ref`` (a view when it already is, else one copy kernel)."""
+    a = as_device_array(a, name)
+    if tuple(a.shape) != tuple(ref.shape):
+        raise ValueError(f"{name} must have shape {tuple(ref.shape)}; got {tuple(a.shape)}")
+    if tuple(a.strides) == tuple(ref.strides) and _order(a) is not None:
+        return a
+    return _copy_into(a, _empty_like(ref))
+
+
+def activation(kind, slope, x):
+    """act(x) element-wise, same shape and memory order; kind in ops.RELU ... ops.SIGMOID."""
+    x = as_device_array(x, "x")
+    if _order(x) is None:
+        x = contiguous(x, "x")
+    out = _empty_like(x)
+    if x.size:
+        _ops().activation_fwd[_grid(x.size)](int(kind), float(slope), _flat_view(x), _flat_view(out))
+    return out
+
+
+def activation_backward(kind, slope, saved, g):
+    """g * act'(.) from what forward kept (y, or x for LeakyReLU); laid out like ``saved``."""
+    saved = as_device_array(saved, "saved")
+    g = _like(g, saved, "grad_out")
+    _same_dtype(saved=saved, grad_out=g)
+    out = _empty_like(saved)
+    if g.size:
+        _ops().activation_bwd[_grid(g.size)](int(kind), float(slope), _flat_view(saved), _flat_view(g),
+                                              _flat_view(out))
+    return out
+
+
+def scaled_mul(x, mask, scale):
+    """x * mask * scale element-wise (dropout); ``mask`` a device array of x's shape and dtype."""
+    x = as_device_array(x, "x")
+    if _order(x) is None:
+        x = contiguous(x, "x")
+    mask = _like(mask, x, "mask")
+    _same_dtype(x=x, mask=mask)
+    out = _empty_like(x)
+    if x.size:
+        _ops().scaled_mul[_grid(x.size)](_flat_view(x), _flat_view(mask), float(scale), _flat_view(out))
+    return out
+
+
+def add_(dst, src):
+    """dst += src in place (contiguous ``dst``); returns dst."""
+    dst = as_device_array(dst, "dst")
+    src = _like(src, dst, "src")
+    _same_dtype(dst=dst, src=src)
+    if dst.size:
+        _ops().add_inplace[_grid(dst.size)](_flat_view(dst), _flat_view(src))
+    return dst
+
+
+def bias_add_(y, bias):
+    """y[b, f] += bias[f] in place for a (B, F) device array; returns y."""
+    y, bias = as_device_array(y, "y"), as_device_array(bias, "bias")
+    _same_dtype(y=y, bias=bias)
+    if y.size:
+        _ops().bias_add[_grid(y.size)](y, bias, bool(y.strides[0] < y.strides[1]))
+    return y
+
+
+def batch_sum(g):
+    """sum over axis 0 of a (B, F) device array: (F,) (the bias gradient)."""
+    g = as_device_array(g, "g")
+    out = empty((g.shape[1],), g.dtype)
+    if g.shape[1] == 0:
+        return out
+    if g.shape[0] == 0:
+        return zeros((g.shape[1],), g.dtype)
+    _ops().batch_sum[(g.shape[1],), (_ops().RED_THREADS,)](g, out)
+    return out
+
+
+def matmul(a, b):
+    """a @ b for 2-D device arrays of any strides (pass transposes as ``.T`` views); C-ordered."""
+    ops = _ops()
+    a, b = as_device_array(a, "a"), as_device_array(b, "b")
+    _same_dtype(a=a, b=b)
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"matmul: inner dimensions differ: {tuple(a.shape)} @ {tuple(b.shape)}")
+    out = empty((a.shape[0], b.shape[1]), a.dtype)
+    if out.size == 0:
+        return out
+    if a.shape[1] == 0:
+        return zeros(out.shape, out.dtype)
+    grid = (math.ceil(out.shape[1] / ops.MM_TILE), math.ceil(out.shape[0] / ops.MM_TILE))
+    ops.matmul[grid, (ops.MM_TILE, ops.MM_TILE)](a, b, out)
+    return out
+
+
+def transpose(a):
+    """The (C, R) transpose of a 2-D device array as a view (no copy)."""
+    return _transposed_view(as_device_array(a, "a"))
+
+
+def _one_block(kernel, *args):
+    kernel[1, _ops().RED_THREADS](*args)
+
+
+def cross_entropy(logits, target):
+    """Mean cross-entropy as a (1,) device array; target a device int array (NaN if out of range)."""
+    logits, target = as_device_array(logits, "logits"), as_device_array(target, "target")
+    out = empty((1,), logits.dtype)
+    _one_block(_ops().cross_entropy_fwd, logits, target, out)
+    return out
+
+
+def cross_entropy_backward(logits, target, scale):
+    """``scale * (softmax(logits) - onehot(target))``, C-ordered (B, C); scale = grad_out / B."""
+    logits, target = as_device_array(logits, "logits"), as_device_array(target, "target")
+    grad = empty(logits.shape, logits.dtype)
+    if logits.shape[0]:
+        _ops().cross_entropy_bwd[_grid(logits.shape[0])](logits, target, float(scale), grad)
+    return grad
+
+
+def mse_loss(x, t):
+    """Mean squared error as a (1,) device array; ``t`` of x's shape and dtype."""
+    x = as_device_array(x, "input")
+    if _order(x) is None:
+        x = contiguous(x, "input")
+    t = _like(t, x, "target")
+    _same_dtype(input=x, target=t)
+    out = empty((1,), x.dtype)
+    _one_block(_ops().mse_fwd, _flat_view(x), _flat_view(t), out)
+    return out
+
+
+def mse_loss_backward(x, t, scale):
+    """``scale * (x - t)``, laid out like x (scale = 2 grad_out / x.size)."""
+    x = as_device_array(x, "input")
+    if _order(x) is None:
+        x = contiguous(x, "input")
+    t = _like(t, x, "target")
+    out = _empty_like(x)
+    if x.size:
+        _ops().mse_bwd[_grid(x.size)](_flat_view(x), _flat_view(t), float(scale), _flat_view(out))
+    return out
+
+
+def metrics_accumulator():
+    """A zeroed (3,) float64 device array: running [sum of loss * batch, correct, samples]."""
+    return zeros((3,), np.float64)
+
+
+def accumulate_metrics(acc, loss, batch, logits=None, target=None):
+    """Add one batch to ``acc`` on the device (no host synchronisation); accuracy counted when
+    ``target`` is given (integer class labels for (B, C) logits)."""
+    loss = as_device_array(loss, "loss")
+    has_target = target is not None
+    if has_target:
+        logits, target = as_device_array(logits, "logits"), as_device_array(target, "target")
+    else:  # placeholders of the right types: the kernel does not read them
+        logits = empty((0, 1), loss.dtype)
+        target = empty((0,), np.int64)
+    _one_block(_ops().accumulate_metrics, loss, int(batch), logits, target, has_target, acc)
+    return acc
+
+
+__all__ += [
+    "contiguous", "copy", "activation", "activation_backward", "scaled_mul", "add_", "bias_add_",
+    "batch_sum", "matmul", "transpose", "cross_entropy", "cross_entropy_backward", "mse_loss",
+    "mse_loss_backward", "metrics_accumulator", "accumulate_metrics",
 ]

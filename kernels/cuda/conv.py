@@ -204,3 +204,148 @@ def channel_sum(g, out):
         half //= 2
     if tid == 0:
         out[o] = red[0]
+
+
+
+# --------------------------------------------------------------------------- weight-sparse
+# The filter bank is a CSR matrix W (O, C/groups*KH*KW), row o = filter o flattened in
+# (c, p, q) order; only stored taps are visited, the dense filters never exist.  Every thread
+# of a block reads the same (index, value) pair at the same time: one broadcast transaction
+# per warp, so the pattern needs no shared-memory staging, and with no shared memory and no
+# syncthreads a thread outside the output may leave early.
+#
+# ==========================  ====================  ==========================================
+# kernel                      block                 grid
+# ==========================  ====================  ==========================================
+# sparse_conv2d_fwd           (CONV_TX, CONV_TY)    (N*O, ceil(OH/CONV_TY) * ceil(OW/CONV_TX))
+# sparse_conv2d_grad_input    (CONV_TX, CONV_TY)    (N*C, ceil(H/CONV_TY) * ceil(W/CONV_TX))
+# sparse_conv2d_grad_weight   (RED_THREADS,)        (nnz,)
+# ==========================  ====================  ==========================================
+
+
+@cuda.jit
+def sparse_conv2d_fwd(x, indptr, indices, data, groups, kh, kw, sh, sw, ph, pw, dh, dw, bias, out):
+    """out[n, o, r, j] = bias[o] + sum over row o's stored taps k, col = (c, p, q), of
+    data[k] * x[n, c0 + c, r*sh - ph + p*dh, j*sw - pw + q*dw] (c0: first channel of o's group;
+    taps in the padding add nothing).
+
+    x (N, C, H, W); indptr (O+1,), indices, data (nnz,) canonical CSR; bias (O,);
+    out (N, O, OH, OW) preallocated and overwritten.  O(N*OH*OW*nnz).
+    """
+    n_c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    n_o, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
+    taps = kh * kw
+    plane = cuda.blockIdx.x
+    n = plane // n_o
+    o = plane - n * n_o
+    tiles_j = (out_w + CONV_TX - 1) // CONV_TX
+    tile_r = cuda.blockIdx.y // tiles_j
+    r = tile_r * CONV_TY + cuda.threadIdx.y
+    j = (cuda.blockIdx.y - tile_r * tiles_j) * CONV_TX + cuda.threadIdx.x
+    if r >= out_h or j >= out_w:
+        return
+    c_first = (o // (n_o // groups)) * (n_c // groups)
+    acc = out.dtype.type(0)
+    for k in range(indptr[o], indptr[o + 1]):
+        col = indices[k]
+        c = col // taps
+        pq = col - c * taps
+        p = pq // kw
+        a = r * sh - ph + p * dh
+        b = j * sw - pw + (pq - p * kw) * dw
+        if a >= 0 and a < h and b >= 0 and b < w:
+            acc += data[k] * x[n, c_first + c, a, b]
+    out[n, o, r, j] = acc + bias[o]
+
+
+@cuda.jit
+def sparse_conv2d_grad_input(g, indptr_t, indices_t, perm, data, groups, kh, kw, sh, sw, ph, pw, dh, dw, gx):
+    """gx[n, c, a, b] = sum over the stored taps (o, c, p, q) that read x[n, c, a, b] of
+    data[k] * g[n, o, r, j] with a = r*sh - ph + p*dh, b = j*sw - pw + q*dw.
+
+    Walks W's transposed pattern (indptr_t (C/groups*KH*KW + 1,), indices_t = rows o, ``perm``
+    into ``data``): column (c mod C/groups, p, q) lists the filters using that tap, of which
+    those in c's group count.  One writer per element, no atomics.  g (N, O, OH, OW);
+    gx (N, C, H, W) preallocated and overwritten.
+    """
+    n_c, h, w = gx.shape[1], gx.shape[2], gx.shape[3]
+    n_o, out_h, out_w = g.shape[1], g.shape[2], g.shape[3]
+    plane = cuda.blockIdx.x
+    n = plane // n_c
+    c = plane - n * n_c
+    tiles_b = (w + CONV_TX - 1) // CONV_TX
+    tile_a = cuda.blockIdx.y // tiles_b
+    a = tile_a * CONV_TY + cuda.threadIdx.y
+    b = (cuda.blockIdx.y - tile_a * tiles_b) * CONV_TX + cuda.threadIdx.x
+    if a >= h or b >= w:
+        return
+    c_g = n_c // groups
+    o_g = n_o // groups
+    grp = c // c_g
+    taps = kh * kw
+    col0 = (c - grp * c_g) * taps
+    acc = gx.dtype.type(0)
+    for p in range(kh):
+        tr = a + ph - p * dh
+        if tr >= 0 and tr % sh == 0 and tr // sh < out_h:
+            r = tr // sh
+            for q in range(kw):
+                tj = b + pw - q * dw
+                if tj >= 0 and tj % sw == 0 and tj // sw < out_w:
+                    col = col0 + p * kw + q
+                    for k in range(indptr_t[col], indptr_t[col + 1]):
+                        o = indices_t[k]
+                        if o // o_g == grp:
+                            acc += data[perm[k]] * g[n, o, r, tj // sw]
+    gx[n, c, a, b] = acc
+
+
+@cuda.jit
+def sparse_conv2d_grad_weight(g, x, indptr, indices, groups, kh, kw, sh, sw, ph, pw, dh, dw, gw):
+    """gw[k] = sum_{n, r, j} g[n, o, r, j] * x[n, c0 + c, r*sh - ph + p*dh, j*sw - pw + q*dw] for
+    stored entry k = (o, col = (c, p, q)): the weight gradient on the pattern only.
+
+    One block per entry (its row found by binary search in indptr), threads striding over
+    (n, r, j) with j fastest (coalesced), fixed tree reduction.  gw (nnz,) overwritten.
+    """
+    red = cuda.shared.array(RED_THREADS, dtype=gw.dtype)
+    n_img, n_c, h, w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    n_o, out_h, out_w = g.shape[1], g.shape[2], g.shape[3]
+    k = cuda.blockIdx.x
+    lo = 0
+    hi = n_o  # find o with indptr[o] <= k < indptr[o + 1] (the last such row: skips empty rows)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if indptr[mid] <= k:
+            lo = mid
+        else:
+            hi = mid
+    o = lo
+    taps = kh * kw
+    col = indices[k]
+    c = col // taps
+    pq = col - c * taps
+    p = pq // kw
+    q = pq - p * kw
+    c = (o // (n_o // groups)) * (n_c // groups) + c
+    tid = cuda.threadIdx.x
+    acc = gw.dtype.type(0)
+    for idx in range(tid, n_img * out_h * out_w, RED_THREADS):
+        j = idx % out_w
+        s = idx // out_w
+        r = s % out_h
+        n = s // out_h
+        a = r * sh - ph + p * dh
+        b = j * sw - pw + q * dw
+        if a >= 0 and a < h and b >= 0 and b < w:
+            acc += g[n, o, r, j] * x[n, c, a, b]
+    red[tid] = acc
+    cuda.syncthreads()
+    half = RED_THREADS // 2
+    while half > 0:
+        if tid < half:
+            red[tid] += red[tid + half]
+        cuda.syncthreads()
+        half //= 2
+    if tid == 0:
+        gw[k] = red[0]

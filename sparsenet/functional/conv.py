@@ -50,7 +50,7 @@ def _check_input(x, name="x", dtype=None):
     x = as_float_array(x, name, dtype)
     if x.ndim != 4:
         raise ValueError(f"{name} must be 4-D (batch, channels, height, width); got shape {x.shape}")
-    return np.ascontiguousarray(x)
+    return kernels.ascontiguous(x)
 
 
 def _output_size(x_shape, kernel, stride, padding, dilation, what):
@@ -115,7 +115,7 @@ def _check_dense_conv(x, weight, stride, padding, dilation, groups):
     if min(weight.shape[2:]) < 1:
         raise ValueError(f"kernel size must be positive; got weight shape {weight.shape}")
     out_hw = _output_size(x.shape, weight.shape[2:], stride, padding, dilation, f"kernel {weight.shape[2:]}")
-    return x, np.ascontiguousarray(weight), stride, padding, dilation, out_hw
+    return x, kernels.ascontiguous(weight), stride, padding, dilation, out_hw
 
 
 # --------------------------------------------------------------------------- dense convolution
@@ -197,7 +197,7 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
     x, weight, stride, padding, dilation, out_hw = _check_dense_conv(x, weight, stride, padding, dilation, groups)
     g = _check_grad_out(grad_out, (x.shape[0], weight.shape[0]) + out_hw, weight.dtype)
     grad_x, grad_w = kernels.conv2d_backward(g, x, weight, stride, padding, dilation)
-    return grad_x, grad_w, g.sum(axis=(0, 2, 3))
+    return grad_x, grad_w, kernels.channel_sum(g)
 
 
 # --------------------------------------------------------------------------- weight-sparse convolution
@@ -292,7 +292,7 @@ def sparse_conv2d_backward(grad_out, x, weight, kernel_size, stride=1, padding=0
     g = _check_grad_out(grad_out, (x.shape[0], weight.shape[0]) + out_hw, weight.dtype)
     grad_x, grad_w = kernels.sparse_conv2d_backward(g, x, weight.indptr, weight.indices, weight.data, kernel,
                                                     stride, padding, dilation, groups)
-    return grad_x, grad_w, g.sum(axis=(0, 2, 3))
+    return grad_x, grad_w, kernels.channel_sum(g)
 
 
 # --------------------------------------------------------------------------- locally connected
@@ -319,7 +319,7 @@ def _check_local(x, weight, stride, padding):
             f"weight must have one filter per output position, shape[:2] = (out_h, out_w) = {out_hw} for "
             f"x of shape {x.shape}, stride {stride}, padding {padding}; got weight shape {weight.shape}"
         )
-    flat = np.ascontiguousarray(weight).reshape(weight.shape[:3] + (-1,))
+    flat = kernels.ascontiguous(weight).reshape(weight.shape[:3] + (-1,))
     return x, flat, kernel, stride, padding, out_hw
 
 

@@ -27,7 +27,15 @@ def _as_batch(a, name, features, dtype, what):
     shape = _shape(a)
     if len(shape) == 0 or shape[-1] != features:
         raise ValueError(f"{name} must have shape (*, {what}={features}); got shape {a.shape}")
-    return a.reshape(-1, features)
+    return _reshape(a, (-1, features))
+
+
+def _reshape(a, shape):
+    """``a.reshape(shape)``, skipped when nothing changes: an F-ordered device array (the sparse
+    products' output) cannot be reshaped in C order without a copy, and needs none here."""
+    if len(shape) == len(_shape(a)) and all(s in (-1, t) for s, t in zip(shape, _shape(a))):
+        return a
+    return a.reshape(shape)
 
 
 def _check_bias(bias, out_features, dtype):
@@ -85,8 +93,8 @@ def sparse_linear(x, weight, bias=None):
     bias = _check_bias(bias, out_features, weight.dtype)
     y = kernels.spmm(weight.indptr, weight.indices, weight.data, x2)
     if bias is not None:
-        y += bias
-    return y.reshape(_shape(x)[:-1] + (out_features,))
+        kernels.bias_add_(y, bias)
+    return _reshape(y, _shape(x)[:-1] + (out_features,))
 
 
 def sparse_linear_backward(grad_out, x, weight):
@@ -112,8 +120,7 @@ def sparse_linear_backward(grad_out, x, weight):
     g2, x2 = _check_backward_args(grad_out, x, out_features, in_features, weight.dtype)
     grad_x = kernels.spmm_t(weight.indptr, weight.indices, weight.data, in_features, g2)
     grad_weight = kernels.sddmm(weight.indptr, weight.indices, g2, x2)
-    grad_bias = g2.sum(axis=0)
-    return grad_x.reshape(_shape(x)), grad_weight, grad_bias
+    return _reshape(grad_x, _shape(x)), grad_weight, kernels.batch_sum(g2)
 
 
 def _check_dense_weight(weight):
@@ -136,10 +143,10 @@ def linear(x, weight, bias=None):
     out_features, in_features = weight.shape
     x2 = _as_batch(x, "x", in_features, weight.dtype, "in_features")
     bias = _check_bias(bias, out_features, weight.dtype)
-    y = x2 @ weight.T
+    y = kernels.matmul(x2, weight, transpose_b=True)
     if bias is not None:
-        y += bias
-    return y.reshape(_shape(x)[:-1] + (out_features,))
+        kernels.bias_add_(y, bias)
+    return _reshape(y, _shape(x)[:-1] + (out_features,))
 
 
 def linear_backward(grad_out, x, weight):
@@ -147,4 +154,5 @@ def linear_backward(grad_out, x, weight):
     weight = _check_dense_weight(weight)
     out_features, in_features = weight.shape
     g2, x2 = _check_backward_args(grad_out, x, out_features, in_features, weight.dtype)
-    return (g2 @ weight).reshape(_shape(x)), g2.T @ x2, g2.sum(axis=0)
+    return (_reshape(kernels.matmul(g2, weight), _shape(x)), kernels.matmul(g2, x2, transpose_a=True),
+            kernels.batch_sum(g2))

@@ -1,7 +1,9 @@
 """Losses: cross-entropy from logits and mean squared error, forward and backward (mean reduction)."""
 import numpy as np
 
+from .. import kernels
 from .._validation import as_float_array
+from ..kernels.device import is_device_array
 
 __all__ = ["cross_entropy", "cross_entropy_backward", "mse_loss", "mse_loss_backward"]
 
@@ -10,25 +12,22 @@ def _check_ce(logits, target):
     logits = as_float_array(logits, "logits")
     if logits.ndim != 2:
         raise ValueError(f"logits must be 2-D (batch, n_classes); got shape {logits.shape}")
-    target = np.asarray(target)
-    if target.dtype.kind not in "iu":
+    on_device = is_device_array(target)
+    target = target if on_device else np.asarray(target)
+    if np.dtype(target.dtype).kind not in "iu":
         raise TypeError(
             f"target must hold integer class indices; got dtype {target.dtype} (e.g. y.astype(np.int64))"
         )
-    if target.shape != logits.shape[:1]:
-        raise ValueError(f"target must have shape (batch,) = {logits.shape[:1]}; got {target.shape}")
-    if target.size and (target.min() < 0 or target.max() >= logits.shape[1]):
+    if tuple(target.shape) != tuple(logits.shape[:1]):
+        raise ValueError(f"target must have shape (batch,) = {tuple(logits.shape[:1])}; got {tuple(target.shape)}")
+    # Device targets are not read back to check their range (a host round trip per batch); an
+    # out-of-range class there makes the loss and its gradient NaN instead.
+    if not on_device and target.size and (target.min() < 0 or target.max() >= logits.shape[1]):
         bad = target[(target < 0) | (target >= logits.shape[1])][0]
         raise ValueError(f"target class {bad} is out of range [0, {logits.shape[1]})")
     if logits.shape[0] == 0:
         raise ValueError("cross_entropy needs a non-empty batch; got 0 samples")
     return logits, target
-
-
-def _log_softmax(logits):
-    # Subtracting the row maximum keeps exp() in [0, 1]: logits of 1e4 neither overflow nor give NaN.
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
 def cross_entropy(logits, target):
@@ -45,6 +44,8 @@ def cross_entropy(logits, target):
     Returns
     -------
     loss : numpy scalar of ``logits.dtype``
+        For device arrays, a (1,) device array (read it with ``.copy_to_host()`` when needed:
+        leaving it on the device spares a synchronisation per batch).
 
     Raises
     ------
@@ -61,14 +62,11 @@ def cross_entropy(logits, target):
     >>> round(float(cross_entropy(np.zeros((2, 4)), np.array([1, 3]))), 6)
     1.386294
     """
-    logits, target = _check_ce(logits, target)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    per_sample = np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(logits.shape[0]), target]
-    return logits.dtype.type(np.mean(per_sample))
+    return kernels.cross_entropy(*_check_ce(logits, target))
 
 
-def cross_entropy_backward(logits, target):
-    """Gradient of :func:`cross_entropy` with respect to the logits: ``(softmax(logits) - onehot) / batch``.
+def cross_entropy_backward(logits, target, grad_out=1.0):
+    """Gradient of :func:`cross_entropy` with respect to the logits: ``grad_out (softmax(logits) - onehot) / batch``.
 
     Examples
     --------
@@ -76,21 +74,20 @@ def cross_entropy_backward(logits, target):
     >>> cross_entropy_backward(np.zeros((1, 2)), np.array([0]))
     array([[-0.5,  0.5]])
     """
-    logits, target = _check_ce(logits, target)
-    grad = np.exp(_log_softmax(logits))
-    grad[np.arange(logits.shape[0]), target] -= 1
-    grad /= logits.shape[0]
-    return grad
+    return kernels.cross_entropy_backward(*_check_ce(logits, target), grad_out)
 
 
 def _check_mse(input, target):
     input = as_float_array(input, "input")
-    target = np.asarray(target)
-    if target.shape != input.shape:
-        raise ValueError(f"target must have the input's shape {input.shape}; got {target.shape}")
+    if is_device_array(target):
+        target = as_float_array(target, "target", input.dtype)
+    else:
+        target = np.asarray(target)
+    if tuple(target.shape) != tuple(input.shape):
+        raise ValueError(f"target must have the input's shape {tuple(input.shape)}; got {tuple(target.shape)}")
     if input.size == 0:
         raise ValueError("mse_loss needs a non-empty input")
-    return input, target.astype(input.dtype, copy=False)
+    return input, target if is_device_array(target) else target.astype(input.dtype, copy=False)
 
 
 def mse_loss(input, target):
@@ -102,12 +99,9 @@ def mse_loss(input, target):
     >>> float(mse_loss(np.array([1.0, 3.0]), np.array([0.0, 0.0])))
     5.0
     """
-    input, target = _check_mse(input, target)
-    diff = input - target
-    return input.dtype.type(np.mean(diff * diff))
+    return kernels.mse_loss(*_check_mse(input, target))
 
 
-def mse_loss_backward(input, target):
-    """Gradient of :func:`mse_loss` with respect to ``input``: ``2 (input - target) / input.size``."""
-    input, target = _check_mse(input, target)
-    return (input - target) * input.dtype.type(2.0 / input.size)
+def mse_loss_backward(input, target, grad_out=1.0):
+    """Gradient of :func:`mse_loss` with respect to ``input``: ``2 grad_out (input - target) / input.size``."""
+    return kernels.mse_loss_backward(*_check_mse(input, target), grad_out)

@@ -2,8 +2,8 @@
 import numbers
 
 import numpy as np
-from scipy.special import expit
 
+from .. import kernels
 from .._validation import as_float_array
 from .module import Module
 
@@ -12,8 +12,8 @@ __all__ = ["ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Softmax"]
 
 def _check_grad(grad_out, shape):
     grad_out = as_float_array(grad_out, "grad_out")
-    if grad_out.shape != shape:
-        raise ValueError(f"grad_out must have the output's shape {shape}; got {grad_out.shape}")
+    if tuple(grad_out.shape) != tuple(shape):
+        raise ValueError(f"grad_out must have the output's shape {tuple(shape)}; got {tuple(grad_out.shape)}")
     return grad_out
 
 
@@ -27,15 +27,16 @@ class ReLU(Module):
     array([0., 2.])
     """
 
+    _supports_cuda = True
+
     def forward(self, x):
-        x = as_float_array(x, "x")
-        y = np.maximum(x, 0)
+        y = kernels.activation("relu", as_float_array(x, "x"))
         self._save(y)
         return y
 
     def backward(self, grad_out):
         y = self._saved()
-        return _check_grad(grad_out, y.shape) * (y > 0)
+        return kernels.activation_backward("relu", y, _check_grad(grad_out, y.shape))
 
 
 class LeakyReLU(Module):
@@ -54,16 +55,16 @@ class LeakyReLU(Module):
             raise ValueError(f"negative_slope must be a finite number; got {negative_slope!r}")
         self.negative_slope = float(negative_slope)
 
+    _supports_cuda = True
+
     def forward(self, x):
         x = as_float_array(x, "x")
-        positive = x > 0
-        self._save(positive)
-        return np.where(positive, x, x * self.negative_slope)
+        self._save(x)
+        return kernels.activation("leaky_relu", x, self.negative_slope)
 
     def backward(self, grad_out):
-        positive = self._saved()
-        g = _check_grad(grad_out, positive.shape)
-        return np.where(positive, g, g * self.negative_slope)
+        x = self._saved()
+        return kernels.activation_backward("leaky_relu", x, _check_grad(grad_out, x.shape), self.negative_slope)
 
     def get_config(self):
         return {"negative_slope": self.negative_slope}
@@ -79,14 +80,16 @@ class Tanh(Module):
     array([0.])
     """
 
+    _supports_cuda = True
+
     def forward(self, x):
-        y = np.tanh(as_float_array(x, "x"))
+        y = kernels.activation("tanh", as_float_array(x, "x"))
         self._save(y)
         return y
 
     def backward(self, grad_out):
         y = self._saved()
-        return _check_grad(grad_out, y.shape) * (1 - y * y)
+        return kernels.activation_backward("tanh", y, _check_grad(grad_out, y.shape))
 
 
 class Sigmoid(Module):
@@ -99,14 +102,16 @@ class Sigmoid(Module):
     array([0.5, 0. ])
     """
 
+    _supports_cuda = True
+
     def forward(self, x):
-        y = expit(as_float_array(x, "x"))
+        y = kernels.activation("sigmoid", as_float_array(x, "x"))
         self._save(y)
         return y
 
     def backward(self, grad_out):
         y = self._saved()
-        return _check_grad(grad_out, y.shape) * (y * (1 - y))
+        return kernels.activation_backward("sigmoid", y, _check_grad(grad_out, y.shape))
 
 
 def softmax(x, dim=-1):
@@ -136,6 +141,7 @@ class Softmax(Module):
 
     def forward(self, x):
         x = as_float_array(x, "x")
+        kernels.require_host("Softmax", x)
         if not -x.ndim <= self.dim < max(x.ndim, 1):
             raise ValueError(f"dim={self.dim} is out of range for an input of shape {x.shape}")
         y = softmax(x, self.dim)

@@ -88,6 +88,8 @@ class Conv2d(_ConvBase):
     (2, 4, 8, 8)
     """
 
+    _supports_cuda = True
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, *, rng=None, dtype=np.float32):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, dtype)
@@ -146,6 +148,8 @@ class SparseConv2d(_ConvBase):
     >>> conv.weight.csr.shape, conv.weight.csr.nnz
     ((8, 36), 144)
     """
+
+    _supports_cuda = True
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, *, density=None, epsilon=None, rng=None, dtype=np.float32):

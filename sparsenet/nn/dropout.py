@@ -3,6 +3,7 @@ import numbers
 
 import numpy as np
 
+from .. import kernels
 from .._validation import as_float_array, check_random_state
 from .module import Module
 
@@ -38,25 +39,32 @@ class Dropout(Module):
         self.p = float(p)
         self.rng = check_random_state(rng)
 
+    _supports_cuda = True
+
     def forward(self, x):
         x = as_float_array(x, "x")
+        shape = tuple(x.shape)
         if not self.training or self.p == 0:
-            self._save(np.ones((), x.dtype))  # 0-d: identity gradient
-            return x.copy()
+            self._save((shape, None))  # identity gradient
+            return kernels.copy(x)
+        # The mask is drawn on the host from the layer's generator, on either device: a seeded
+        # model draws the same masks on CPU and GPU (on the GPU at the cost of one upload).
         if self.p == 1:
-            scale = np.zeros(x.shape, x.dtype)
+            scale = np.zeros(shape, x.dtype)
         else:
-            keep = self.rng.random(x.shape) >= self.p
+            keep = self.rng.random(shape) >= self.p
             scale = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
-        self._save(scale)
-        return x * scale
+        if kernels.on_device(x=x):
+            scale = kernels.to_device(scale)
+        self._save((shape, scale))
+        return kernels.scaled_mul(x, scale, 1.0)
 
     def backward(self, grad_out):
-        scale = self._saved()
+        shape, scale = self._saved()
         grad_out = as_float_array(grad_out, "grad_out")
-        if scale.ndim and grad_out.shape != scale.shape:
-            raise ValueError(f"grad_out must have the output's shape {scale.shape}; got {grad_out.shape}")
-        return grad_out * scale
+        if tuple(grad_out.shape) != shape:
+            raise ValueError(f"grad_out must have the output's shape {shape}; got {tuple(grad_out.shape)}")
+        return kernels.copy(grad_out) if scale is None else kernels.scaled_mul(grad_out, scale, 1.0)
 
     def get_config(self):
         return {"p": self.p}
@@ -76,8 +84,12 @@ class Flatten(Module):
         super().__init__()
         self.start_dim, self.end_dim = int(start_dim), int(end_dim)
 
+    _supports_cuda = True
+
     def forward(self, x):
         x = as_float_array(x, "x")
+        if kernels.on_device(x=x):
+            x = kernels.ascontiguous(x)  # device arrays reshape only when contiguous
         nd = x.ndim
         start = self.start_dim + nd if self.start_dim < 0 else self.start_dim
         end = self.end_dim + nd if self.end_dim < 0 else self.end_dim
@@ -92,6 +104,8 @@ class Flatten(Module):
     def backward(self, grad_out):
         shape = self._saved()
         grad_out = as_float_array(grad_out, "grad_out")
+        if kernels.on_device(grad_out=grad_out):
+            grad_out = kernels.ascontiguous(grad_out)
         return grad_out.reshape(shape)
 
     def get_config(self):

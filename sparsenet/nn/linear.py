@@ -42,6 +42,8 @@ class Linear(Module):
     (3, 2)
     """
 
+    _supports_cuda = True
+
     def __init__(self, in_features, out_features, bias=True, *, rng=None, dtype=np.float32):
         super().__init__()
         _check_features(in_features=in_features, out_features=out_features)
@@ -108,6 +110,8 @@ class SparseLinear(Module):
     >>> layer(np.ones((2, 100), np.float32)).shape
     (2, 50)
     """
+
+    _supports_cuda = True
 
     def __init__(self, in_features, out_features, bias=True, *, density=None, epsilon=None, pattern=None,
                  rng=None, dtype=np.float32):

@@ -8,6 +8,8 @@ __all__ = ["CrossEntropyLoss", "MSELoss"]
 
 
 class _Loss(Module):
+    _supports_cuda = True
+
     def forward(self, input, target):
         loss = self._loss(input, target)
         self._save((input, target))
@@ -18,10 +20,7 @@ class _Loss(Module):
         input, target = self._saved()
         if not isinstance(grad_out, numbers.Real):
             raise TypeError(f"a loss's backward takes a scalar grad_out; got {type(grad_out).__name__}")
-        grad = self._grad(input, target)
-        if grad_out != 1.0:
-            grad *= grad.dtype.type(grad_out)
-        return grad
+        return self._grad(input, target, float(grad_out))
 
 
 class CrossEntropyLoss(_Loss):

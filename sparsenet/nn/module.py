@@ -8,8 +8,10 @@ import numbers
 
 import numpy as np
 
+from .. import kernels
 from .._validation import float_dtype
 from ..csr import CSRMatrix
+from ..kernels.device import DEVICES, cuda_available, device_of, is_device_array
 
 __all__ = ["Parameter", "Module", "Sequential", "from_config", "register_module"]
 
@@ -81,10 +83,10 @@ class Parameter:
             self.csr = data
             self._data = None
         else:
-            data = np.asarray(data)
+            data = data if is_device_array(data) else np.asarray(data)
             float_dtype(data.dtype, "Parameter dtype")
             self.csr = None
-            self._data = np.ascontiguousarray(data)
+            self._data = kernels.ascontiguous(data)
         self.grad = None
         self.name = name
 
@@ -100,10 +102,15 @@ class Parameter:
 
     @data.setter
     def data(self, value):
-        value = np.ascontiguousarray(value)
+        value = kernels.ascontiguous(value if is_device_array(value) else np.asarray(value))
         float_dtype(value.dtype, "Parameter dtype")
+        if device_of(value) != self.device:
+            raise ValueError(
+                f"new data is on {device_of(value)} but the parameter on {self.device}; move it first "
+                "(or move the whole model with Module.to(device))"
+            )
         if self.csr is not None:
-            if value.shape != self.csr.data.shape:
+            if tuple(value.shape) != tuple(self.csr.data.shape):
                 raise ValueError(
                     f"a sparse parameter's data must have shape (nnz,) = {self.csr.data.shape}; got "
                     f"{value.shape}. To change the sparsity pattern call set_csr(new_matrix)"
@@ -114,7 +121,26 @@ class Parameter:
 
     @property
     def shape(self):
-        return self.data.shape
+        return tuple(self.data.shape)
+
+    @property
+    def device(self):
+        """``"cpu"`` or ``"cuda"``: where ``data`` lives."""
+        return device_of(self.data)
+
+    def to(self, device):
+        """Move ``data`` (and ``grad``) to ``device`` in place; returns self.  Explicit copies."""
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}; got {device!r}")
+        if device == self.device:
+            return self
+        if self.csr is not None:
+            self.csr = self.csr.to(device)
+        else:
+            self._data = kernels.to_device(self._data, device)
+        if self.grad is not None:
+            self.grad = kernels.to_device(self.grad, device)
+        return self
 
     @property
     def dtype(self):
@@ -140,24 +166,39 @@ class Parameter:
             raise TypeError(f"set_csr expects a CSRMatrix; got {type(csr).__name__}")
         if csr.shape != self.csr.shape:
             raise ValueError(f"the new pattern must keep the shape {self.csr.shape}; got {csr.shape}")
-        if not csr.data.flags.c_contiguous:
+        if csr.device != self.csr.device:
+            raise ValueError(
+                f"the new pattern is on {csr.device} but the parameter on {self.csr.device}; move it with "
+                f"csr.to({self.csr.device!r}) first"
+            )
+        if csr.device == "cpu" and not csr.data.flags.c_contiguous:
             csr.data = np.ascontiguousarray(csr.data)
         self.csr = csr
         self.grad = None
 
     def accumulate_grad(self, grad):
         """Add ``grad`` into ``.grad`` (a fresh copy on the first call, never an alias)."""
-        grad = np.asarray(grad)
-        if grad.shape != self.shape:
-            raise ValueError(f"gradient of {self.name or 'parameter'} has shape {grad.shape}, expected {self.shape}")
+        if not is_device_array(grad):
+            grad = np.asarray(grad)
+        if tuple(grad.shape) != self.shape:
+            raise ValueError(f"gradient of {self.name or 'parameter'} has shape {tuple(grad.shape)}, expected {self.shape}")
+        if device_of(grad) != self.device:
+            raise ValueError(f"gradient of {self.name or 'parameter'} is on {device_of(grad)}, the parameter on {self.device}")
         if self.grad is None:
-            self.grad = np.array(grad, dtype=self.dtype, order="C", copy=True)
+            if self.device == "cuda":
+                if grad.dtype != self.dtype:
+                    raise TypeError(f"gradient of {self.name or 'parameter'} is {grad.dtype}, the parameter {self.dtype}")
+                contiguous = kernels.ascontiguous(grad)
+                self.grad = contiguous if contiguous is not grad else kernels.copy(grad)
+            else:
+                self.grad = np.array(grad, dtype=self.dtype, order="C", copy=True)
         else:
-            self.grad += grad
+            kernels.add_(self.grad, grad)
 
     def __repr__(self):
         kind = f"sparse, nnz={self.size}, dense_shape={self.dense_shape}" if self.is_sparse else f"shape={self.shape}"
-        return f"Parameter({kind}, dtype={self.dtype})"
+        where = ", device='cuda'" if self.device == "cuda" else ""
+        return f"Parameter({kind}, dtype={self.dtype}{where})"
 
 
 class Module:
@@ -194,6 +235,10 @@ class Module:
     >>> from_config(layer.describe())
     Scale(factor=2.0)
     """
+
+    # Whether forward/backward run on CUDA device arrays; Module.to("cuda") refuses a model with
+    # a layer that cannot, before moving anything.
+    _supports_cuda = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -296,11 +341,57 @@ class Module:
             if set_to_none or p.grad is None:
                 p.grad = None
             else:
-                p.grad[...] = 0
+                p.grad = kernels.zeros_like(p.grad)
 
-    def to(self, dtype):
-        """Cast parameters and floating buffers to float32 or float64 in place; returns self."""
+    @property
+    def device(self):
+        """``"cuda"`` when the parameters live on the GPU, else ``"cpu"`` (also for no parameters)."""
+        return next((p.device for p in self.parameters()), "cpu")
+
+    def to(self, target):
+        """Move to a device or cast to a dtype, in place, like PyTorch's ``module.to``; returns self.
+
+        Parameters
+        ----------
+        target : {"cpu", "cuda"} or dtype
+            A device: parameters (dense arrays and CSR weights), gradients and buffers are copied
+            there.  A dtype (float32 or float64): parameters and floating buffers are cast.
+
+        Raises
+        ------
+        NotImplementedError
+            ``"cuda"`` for a model containing a layer without CUDA kernels (the layers are named;
+            nothing is moved).
+        RuntimeError
+            ``"cuda"`` without numba-cuda or a GPU (the reason is given).
+        """
+        if isinstance(target, str) and target in DEVICES:
+            return self._to_device(target)
+        if isinstance(target, str) and target.startswith(("cuda", "gpu")):
+            raise ValueError(f"device must be one of {DEVICES}; got {target!r}")
+        return self._to_dtype(target)
+
+    def _to_device(self, device):
+        if device == "cuda":
+            missing = sorted({type(m).__name__ for m in self.modules() if not m._supports_cuda})
+            if missing:
+                raise NotImplementedError(
+                    f"{', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no CUDA implementation yet; "
+                    "train this model on the CPU (device='cpu')"
+                )
+            ok, reason = cuda_available()
+            if not ok:
+                raise RuntimeError(f"cannot move the model to 'cuda': {reason}")
+        for p in self.parameters():
+            p.to(device)
+        for _, owner, attr in self.named_buffers():
+            object.__setattr__(owner, attr, kernels.to_device(getattr(owner, attr), device))
+        return self
+
+    def _to_dtype(self, dtype):
         dtype = float_dtype(dtype)
+        if self.device != "cpu":
+            raise NotImplementedError("casting parameters on the GPU is not supported; cast on the CPU, then move")
         for m in self.modules():
             for p in m._parameters.values():
                 if p.is_sparse:
@@ -325,12 +416,12 @@ class Module:
         """
         out = {}
         for name, p in self.named_parameters():
-            out[name] = p.data.copy()
+            out[name] = _host_copy(p.data)
             if p.is_sparse:
-                out[name + ".indices"] = p.csr.indices.copy()
-                out[name + ".indptr"] = p.csr.indptr.copy()
+                out[name + ".indices"] = _host_copy(p.csr.indices)
+                out[name + ".indptr"] = _host_copy(p.csr.indptr)
         for name, owner, attr in self.named_buffers():
-            out[name] = np.array(getattr(owner, attr), copy=True)
+            out[name] = _host_copy(getattr(owner, attr))
         return out
 
     def load_state_dict(self, state_dict, strict=True):
@@ -357,33 +448,39 @@ class Module:
         for name, p in self.named_parameters():
             if name not in state_dict:
                 continue
-            value = np.asarray(state_dict[name])
+            value = kernels.to_host(state_dict[name])
             if p.is_sparse:
                 indices = np.asarray(state_dict.get(name + ".indices", p.csr.indices))
                 indptr = np.asarray(state_dict.get(name + ".indptr", p.csr.indptr))
+                if is_device_array(indices) or is_device_array(indptr):
+                    indices, indptr = kernels.to_host(indices), kernels.to_host(indptr)
                 try:
                     csr = CSRMatrix(value.astype(p.dtype), indices, indptr, p.csr.shape, copy=True)
                 except (ValueError, TypeError) as err:
                     raise ValueError(f"invalid sparse pattern for {name!r} (dense shape {p.csr.shape}): {err}") from err
-                p.set_csr(csr)
+                p.set_csr(csr.to(p.device))
             else:
                 if value.shape != p.shape:
                     raise ValueError(
                         f"size mismatch for {name!r}: the checkpoint has shape {value.shape}, the model "
                         f"expects {p.shape}; build the layer with the same sizes as the saved one"
                     )
-                p.data[...] = value
+                if p.device == "cpu":
+                    p.data[...] = value
+                else:
+                    p.data.copy_to_device(np.ascontiguousarray(value, dtype=p.dtype))
         for name, owner, attr in self.named_buffers():
             if name not in state_dict:
                 continue
-            value = np.asarray(state_dict[name])
+            value = kernels.to_host(state_dict[name])
             current = getattr(owner, attr)
             if value.shape != np.shape(current):
                 raise ValueError(
                     f"size mismatch for buffer {name!r}: the checkpoint has shape {value.shape}, the model "
                     f"expects {np.shape(current)}"
                 )
-            object.__setattr__(owner, attr, np.array(value, dtype=current.dtype, copy=True))
+            value = np.array(value, dtype=current.dtype, copy=True)
+            object.__setattr__(owner, attr, kernels.to_device(value, device_of(current)))
         return self
 
     def state_dict_keys(self):
@@ -428,6 +525,11 @@ class Module:
         return "\n".join(lines)
 
 
+def _host_copy(a):
+    """A NumPy copy of a host or device array (state dicts always live on the host)."""
+    return kernels.to_host(a) if is_device_array(a) else np.array(a, copy=True)
+
+
 class Sequential(Module):
     """A chain of modules: ``forward`` runs them in order, ``backward`` in reverse.
 
@@ -449,6 +551,8 @@ class Sequential(Module):
     >>> [name for name, _ in model.named_parameters()]
     ['0.weight', '0.bias']
     """
+
+    _supports_cuda = True
 
     def __init__(self, *layers):
         super().__init__()

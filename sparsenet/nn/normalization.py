@@ -3,6 +3,7 @@ import numbers
 
 import numpy as np
 
+from .. import kernels
 from .._validation import as_float_array, float_dtype
 from .module import Module, Parameter
 
@@ -36,6 +37,7 @@ class _BatchNorm(Module):
 
     def _check_input(self, x):
         x = as_float_array(x, "x")
+        kernels.require_host(type(self).__name__, x)
         if x.ndim not in self._ndims or x.shape[1] != self.num_features:
             dims = " or ".join(f"{n}-D" for n in self._ndims)
             raise ValueError(

@@ -10,6 +10,8 @@ def _pair_config(v):
 
 
 class _Pool2d(Module):
+    _supports_cuda = True
+
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import kernels
 from ..csr import CSRMatrix
+from ..kernels.device import DEVICES, device_of, is_device_array
 from ..nn.module import Parameter
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "match_patterns"]
@@ -149,12 +150,29 @@ class Optimizer:
         for key in self._state_keys:
             if key not in state:
                 continue
-            old = state[key]
+            # A pattern change is rare (once per epoch or prune step): device state takes a trip
+            # through the host here rather than needing scatter kernels of its own.
+            device = device_of(state[key])
+            old = kernels.to_host(state[key])
             if kept_old.size and (kept_old.min() < 0 or kept_old.max() >= old.shape[0]):
                 raise ValueError(f"kept_old indices must lie in [0, {old.shape[0]}) (the old state's length)")
             new = np.zeros(size, dtype=old.dtype)
             new[kept_new] = old[kept_old]
-            state[key] = new
+            state[key] = kernels.to_device(new, device)
+
+    def to(self, device):
+        """Move every per-parameter state array to ``device`` ("cpu" or "cuda"); returns self.
+
+        State created later follows its parameter's device by itself; this is for state loaded
+        or created before a model moved (e.g. when resuming a checkpoint on the GPU).
+        """
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}; got {device!r}")
+        for state in self.state.values():
+            for k, v in state.items():
+                if isinstance(v, np.ndarray) or is_device_array(v):
+                    state[k] = kernels.to_device(v, device)
+        return self
 
     # ------------------------------------------------------------------ state
     def state_dict(self):
@@ -163,7 +181,9 @@ class Optimizer:
         state = {}
         for p, s in self.state.items():
             if s:
-                state[index[id(p)]] = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
+                state[index[id(p)]] = {k: (np.array(kernels.to_host(v), copy=True)
+                                           if isinstance(v, np.ndarray) or is_device_array(v) else v)
+                                       for k, v in s.items()}
         groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [index[id(p)] for p in g["params"]]}
                   for g in self.param_groups]
         return {"state": state, "param_groups": groups}
@@ -193,7 +213,8 @@ class Optimizer:
                         raise ValueError(
                             f"optimizer state {k!r} of parameter {i} has shape {v.shape}, the parameter {p.shape}"
                         )
-                    entry[k] = np.array(v, dtype=p.dtype, order="C", copy=True)
+                    entry[k] = kernels.to_device(np.array(kernels.to_host(v), dtype=p.dtype, order="C", copy=True),
+                                                 p.device)
                 else:
                     entry[k] = v.item() if isinstance(v, np.ndarray) else v
             new_state[p] = entry
@@ -268,7 +289,7 @@ class SGD(Optimizer):
         if g["momentum"] != 0:
             buf = state.get("momentum_buffer")
             if buf is None:
-                buf = state["momentum_buffer"] = np.zeros(p.shape, p.dtype)
+                buf = state["momentum_buffer"] = kernels.zeros_like(p.data)
                 first = True
         kernels.sgd_update(p.data, p.grad, buf, lr=g["lr"], momentum=g["momentum"], dampening=g["dampening"],
                            weight_decay=g["weight_decay"], nesterov=g["nesterov"], first=first)
@@ -328,8 +349,8 @@ class Adam(Optimizer):
     def _update(self, p, g, state):
         if "exp_avg" not in state:
             state["step"] = 0
-            state["exp_avg"] = np.zeros(p.shape, p.dtype)
-            state["exp_avg_sq"] = np.zeros(p.shape, p.dtype)
+            state["exp_avg"] = kernels.zeros_like(p.data)
+            state["exp_avg_sq"] = kernels.zeros_like(p.data)
         state["step"] += 1
         beta1, beta2 = g["betas"]
         kernels.adam_update(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], lr=g["lr"], beta1=beta1,

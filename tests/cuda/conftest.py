@@ -75,13 +75,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-# Block constants of kernels/cuda/csr.py and update.py, shrunk for the simulator.
+# Block constants of the kernels/cuda modules, shrunk for the simulator.
 _SMALL = {
     "csr": {"WARP": 4, "SPMM_WARPS": 2, "SPMM_BATCH_TILE": 16, "SDDMM_WARPS": 2, "SDDMM_ENTRIES": 8,
             "SDDMM_PAD": 5, "TILE": 4, "TILE_ROWS": 2, "TILE_PAD": 5, "FILL_THREADS": 8},
     "update": {"UPDATE_THREADS": 8, "UPDATE_MAX_BLOCKS": 3},
     "conv": {"CONV_TX": 4, "CONV_TY": 2, "CONV_WSTAGE": 12, "RED_THREADS": 8},
     "pool": {"POOL_THREADS": 8, "POOL_MAX_BLOCKS": 4},
+    "ops": {"THREADS": 8, "MAX_BLOCKS": 3, "RED_THREADS": 8, "MM_TILE": 4},
 }
 
 
@@ -90,9 +91,55 @@ def small_geometry(monkeypatch):
     """Shrink the launch geometry in the simulator (a no-op on a real GPU, where the
     constants are compiled into the kernels)."""
     if SIMULATOR:
-        from sparsenet.kernels.cuda import conv, csr, pool, update
+        from sparsenet.kernels.cuda import conv, csr, ops, pool, update
 
-        for mod, name in ((csr, "csr"), (update, "update"), (conv, "conv"), (pool, "pool")):
+        for mod, name in ((csr, "csr"), (update, "update"), (conv, "conv"), (pool, "pool"), (ops, "ops")):
             for key, value in _SMALL[name].items():
                 monkeypatch.setattr(mod, key, value)
+    yield
+
+
+# What a real numba DeviceNDArray offers besides its methods (which FakeCUDAArray defines
+# itself): the simulator's __getattr__ forwards *any* other name to the NumPy array underneath.
+_DEVICE_ARRAY_ATTRS = {"shape", "strides", "dtype", "size", "ndim", "flags", "nbytes", "alloc_size",
+                       "stream", "gpu_data", "squeeze", "ravel", "view", "split", "getitem", "setitem",
+                       "transpose", "T", "is_c_contiguous", "is_f_contiguous", "copy_to_host", "copy_to_device"}
+
+
+def _refuse(op):
+    def method(self, *args, **kwargs):
+        raise TypeError(f"device arrays do not support {op} (NumPy arithmetic works on the simulator's "
+                        "fake arrays only; real numba device arrays need a kernel)")
+
+    return method
+
+
+@pytest.fixture(autouse=True)
+def strict_simulator_arrays(monkeypatch):
+    """Make the simulator's device arrays as poor as real ones.
+
+    ``FakeCUDAArray`` wraps a NumPy array and forwards arithmetic, comparisons and every NumPy
+    attribute (``.sum``, ``.max``, ``.astype``, ``np.asarray``), so code that would fail on a GPU
+    (or silently copy to the host) passes in the simulator.  Here anything a real
+    ``DeviceNDArray`` lacks raises instead.
+    """
+    if not SIMULATOR:
+        yield
+        return
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+    original = FakeCUDAArray.__getattr__
+
+    def strict_getattr(self, name):
+        if name not in _DEVICE_ARRAY_ATTRS:
+            raise AttributeError(f"device arrays have no attribute {name!r} (simulator in strict mode)")
+        return original(self, name)
+
+    monkeypatch.setattr(FakeCUDAArray, "__getattr__", strict_getattr)
+    for op in ("__add__", "__sub__", "__mul__", "__truediv__", "__floordiv__", "__mod__", "__pow__",
+               "__lt__", "__le__", "__gt__", "__ge__"):
+        monkeypatch.setattr(FakeCUDAArray, op, _refuse(op), raising=False)
+    monkeypatch.setattr(FakeCUDAArray, "__eq__", lambda self, other: self is other)
+    monkeypatch.setattr(FakeCUDAArray, "__ne__", lambda self, other: self is not other)
+    monkeypatch.setattr(FakeCUDAArray, "__hash__", lambda self: id(self))
     yield

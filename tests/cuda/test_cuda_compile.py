@@ -95,3 +95,38 @@ def test_conv_pool_kernels_compile(compile_ptx, fdt):
         ptx = compile_ptx(fn, sig)
         if fdt == "float32":
             assert not _f64_ops(ptx), f"{name} does float64 arithmetic in its float32 variant: {_f64_ops(ptx)[:5]}"
+
+
+@pytest.mark.parametrize("fdt,idt", [("float32", "int32"), ("float64", "int64")])
+def test_sparse_conv_and_training_step_kernels_compile(compile_ptx, fdt, idt):
+    from numba import types
+
+    from sparsenet.kernels.cuda import conv, ops
+
+    f = getattr(types, fdt)
+    ivec = getattr(types, idt)[::1]
+    t4, vec, mat, anym, i = f[:, :, :, ::1], f[::1], f[:, ::1], f[:, :], types.int64
+    tgt = types.int64[::1]
+    sigs = {
+        "sparse_conv2d_fwd": (conv.sparse_conv2d_fwd, (t4, ivec, ivec, vec) + (i,) * 9 + (vec, t4)),
+        "sparse_conv2d_grad_input": (conv.sparse_conv2d_grad_input, (t4, ivec, ivec, ivec, vec) + (i,) * 9 + (t4,)),
+        "sparse_conv2d_grad_weight": (conv.sparse_conv2d_grad_weight, (t4, t4, ivec, ivec) + (i,) * 9 + (vec,)),
+        "activation_fwd": (ops.activation_fwd, (i, types.float64, vec, vec)),
+        "activation_bwd": (ops.activation_bwd, (i, types.float64, vec, vec, vec)),
+        "scaled_mul": (ops.scaled_mul, (vec, vec, types.float64, vec)),
+        "add_inplace": (ops.add_inplace, (vec, vec)),
+        "bias_add": (ops.bias_add, (anym, vec, types.boolean)),
+        "batch_sum": (ops.batch_sum, (anym, vec)),
+        "matmul": (ops.matmul, (anym, anym, mat)),
+        "copy_2d": (ops.copy_2d, (anym, mat)),
+        "copy_4d": (ops.copy_4d, (f[:, :, :, :], t4)),
+        "cross_entropy_fwd": (ops.cross_entropy_fwd, (anym, tgt, vec)),
+        "cross_entropy_bwd": (ops.cross_entropy_bwd, (anym, tgt, types.float64, mat)),
+        "mse_fwd": (ops.mse_fwd, (vec, vec, vec)),
+        "mse_bwd": (ops.mse_bwd, (vec, vec, types.float64, vec)),
+    }
+    for name, (fn, sig) in sigs.items():
+        ptx = compile_ptx(fn, sig)
+        if fdt == "float32":
+            assert not _f64_ops(ptx), f"{name} does float64 arithmetic in its float32 variant: {_f64_ops(ptx)[:5]}"
+    compile_ptx(ops.accumulate_metrics, (f[::1], i, anym, tgt, types.boolean, types.float64[::1]))

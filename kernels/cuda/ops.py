@@ -1,0 +1,304 @@
+"""CUDA kernels for everything in a training step that is not a sparse product or a convolution.
+
+Element-wise activations and their gradients, bias add and the batch sum of a bias gradient,
+gradient accumulation, a dense tiled matrix product (dense ``Linear``), strided copies that
+make an array contiguous, and the losses (cross-entropy from logits, MSE) with a running
+loss/accuracy accumulator, so that a whole step runs on the device and the host reads back
+two numbers per epoch instead of one per batch.
+
+Conventions as in ``csr.py``: raw arrays in, the preallocated output last, no allocation, every
+output element written by one thread, reductions through a fixed shared-memory tree (no
+atomics, bitwise deterministic), no warp intrinsics (the simulator lacks them), helpers inline
+(a device function cannot be linked without a live GPU, see tests/cuda/test_cuda_compile.py).
+Element-wise kernels take 1-D views of contiguous arrays (C or F order alike: the same
+elements in the same places) and loop grid-stride, so any size runs on a capped grid.
+
+================  ======================  =============================================
+kernel            block                   grid
+================  ======================  =============================================
+element-wise      (THREADS,)              (min(ceil(n / THREADS), MAX_BLOCKS),)
+batch_sum         (RED_THREADS,)          (n_features,)
+matmul            (MM_TILE, MM_TILE)      (ceil(N / MM_TILE), ceil(M / MM_TILE))
+loss kernels      (RED_THREADS,)          (1,): one block, batch-sized work
+================  ======================  =============================================
+"""
+import math
+
+from numba import cuda
+
+THREADS = 256
+MAX_BLOCKS = 16384
+RED_THREADS = 256  # power of two: the tree reductions halve it
+MM_TILE = 16
+
+# Activation codes shared with the wrappers.
+RELU, LEAKY_RELU, TANH, SIGMOID = 0, 1, 2, 3
+
+
+@cuda.jit
+def activation_fwd(kind, slope, x, out):
+    """out[i] = act(x[i]) for act in (ReLU, LeakyReLU(slope), tanh, sigmoid).  x, out (n,)."""
+    zero = x.dtype.type(0)
+    one = x.dtype.type(1)
+    s = x.dtype.type(slope)
+    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        v = x[i]
+        if kind == RELU:
+            r = v if v > zero else zero
+        elif kind == LEAKY_RELU:
+            r = v if v > zero else v * s
+        elif kind == TANH:
+            r = math.tanh(v)
+        elif v >= zero:
+            r = one / (one + math.exp(-v))
+        else:  # exp of a negative number only: never overflows
+            e = math.exp(v)
+            r = e / (one + e)
+        out[i] = r
+
+
+@cuda.jit
+def activation_bwd(kind, slope, saved, g, out):
+    """out[i] = g[i] * act'(.) from what forward kept: the output y for ReLU, tanh and sigmoid,
+    the input x for LeakyReLU.  saved, g, out (n,)."""
+    zero = g.dtype.type(0)
+    one = g.dtype.type(1)
+    s = g.dtype.type(slope)
+    for i in range(cuda.grid(1), g.shape[0], cuda.gridsize(1)):
+        v = saved[i]
+        if kind == RELU:
+            d = one if v > zero else zero
+        elif kind == LEAKY_RELU:
+            d = one if v > zero else s
+        elif kind == TANH:
+            d = one - v * v
+        else:
+            d = v * (one - v)
+        out[i] = g[i] * d
+
+
+@cuda.jit
+def scaled_mul(x, m, scale, out):
+    """out[i] = x[i] * m[i] * scale (dropout with a keep mask).  x, m, out (n,)."""
+    s = x.dtype.type(scale)
+    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        out[i] = x[i] * m[i] * s
+
+
+@cuda.jit
+def add_inplace(dst, src):
+    """dst[i] += src[i] (gradient accumulation).  dst, src (n,)."""
+    for i in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
+        dst[i] += src[i]
+
+
+@cuda.jit
+def bias_add(y, bias, batch_fastest):
+    """y[b, f] += bias[f] in place, y (B, F) of any strides; ``batch_fastest`` walks b fastest
+    (F-ordered y, the sparse products' output) so a warp's stores are consecutive."""
+    n_b, n_f = y.shape[0], y.shape[1]
+    for idx in range(cuda.grid(1), n_b * n_f, cuda.gridsize(1)):
+        if batch_fastest:
+            f = idx // n_b
+            b = idx - f * n_b
+        else:
+            b = idx // n_f
+            f = idx - b * n_f
+        y[b, f] += bias[f]
+
+
+@cuda.jit
+def batch_sum(g, out):
+    """out[f] = sum_b g[b, f]: one block per feature, fixed tree reduction.  g (B, F), out (F,)."""
+    red = cuda.shared.array(RED_THREADS, dtype=out.dtype)
+    f = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    acc = out.dtype.type(0)
+    for b in range(tid, g.shape[0], RED_THREADS):
+        acc += g[b, f]
+    red[tid] = acc
+    cuda.syncthreads()
+    half = RED_THREADS // 2
+    while half > 0:
+        if tid < half:
+            red[tid] += red[tid + half]
+        cuda.syncthreads()
+        half //= 2
+    if tid == 0:
+        out[f] = red[0]
+
+
+@cuda.jit
+def matmul(a, b, out):
+    """out = a @ b for a (M, K), b (K, N) of any strides (transposes are views); out (M, N).
+
+    Classic shared-memory tiling: each block stages an MM_TILE x MM_TILE tile of a and of b per
+    step of K, so each global element is read M/MM_TILE (or N/MM_TILE) times instead of K times.
+    threadIdx.x runs along out's columns.  The sum over K runs in a fixed order.
+    """
+    ta = cuda.shared.array((MM_TILE, MM_TILE), dtype=out.dtype)
+    tb = cuda.shared.array((MM_TILE, MM_TILE), dtype=out.dtype)
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    i = cuda.blockIdx.y * MM_TILE + ty
+    j = cuda.blockIdx.x * MM_TILE + tx
+    n_m, n_k, n_n = a.shape[0], a.shape[1], b.shape[1]
+    zero = out.dtype.type(0)
+    acc = zero
+    for k0 in range(0, n_k, MM_TILE):
+        ka = k0 + tx
+        kb = k0 + ty
+        ta[ty, tx] = a[i, ka] if i < n_m and ka < n_k else zero
+        tb[ty, tx] = b[kb, j] if kb < n_k and j < n_n else zero
+        cuda.syncthreads()
+        for kk in range(MM_TILE):
+            acc += ta[ty, kk] * tb[kk, tx]
+        cuda.syncthreads()
+    if i < n_m and j < n_n:
+        out[i, j] = acc
+
+
+@cuda.jit
+def copy_2d(a, out):
+    """out[i, j] = a[i, j]; a of any strides, out C-contiguous (i fastest thread: j)."""
+    n_i, n_j = out.shape[0], out.shape[1]
+    for idx in range(cuda.grid(1), n_i * n_j, cuda.gridsize(1)):
+        i = idx // n_j
+        out[i, idx - i * n_j] = a[i, idx - i * n_j]
+
+
+@cuda.jit
+def copy_4d(a, out):
+    """out[...] = a[...] for 4-D arrays; a of any strides, out C-contiguous."""
+    n1, n2, n3 = out.shape[1], out.shape[2], out.shape[3]
+    total = out.shape[0] * n1 * n2 * n3
+    for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
+        l = idx % n3
+        t = idx // n3
+        k = t % n2
+        t //= n2
+        j = t % n1
+        i = t // n1
+        out[i, j, k, l] = a[i, j, k, l]
+
+
+@cuda.jit
+def cross_entropy_fwd(logits, target, out):
+    """out[0] = mean_i (logsumexp(logits[i]) - logits[i, target[i]]); one block.
+
+    The row maximum is subtracted before exp (no overflow for logits of any size).  A target
+    outside [0, n_classes) makes its term NaN (the kernel must not read out of bounds; the host
+    validates targets it can see).  logits (B, C), target (B,) int; out (1,).
+    """
+    red = cuda.shared.array(RED_THREADS, dtype=out.dtype)
+    tid = cuda.threadIdx.x
+    n_b, n_c = logits.shape[0], logits.shape[1]
+    acc = out.dtype.type(0)
+    for i in range(tid, n_b, RED_THREADS):
+        m = logits[i, 0]
+        for j in range(1, n_c):
+            m = max(m, logits[i, j])
+        s = out.dtype.type(0)
+        for j in range(n_c):
+            s += math.exp(logits[i, j] - m)
+        t = target[i]
+        if t >= 0 and t < n_c:
+            acc += math.log(s) + m - logits[i, t]
+        else:
+            acc += out.dtype.type(math.nan)
+    red[tid] = acc
+    cuda.syncthreads()
+    half = RED_THREADS // 2
+    while half > 0:
+        if tid < half:
+            red[tid] += red[tid + half]
+        cuda.syncthreads()
+        half //= 2
+    if tid == 0:
+        out[0] = red[0] / out.dtype.type(n_b)
+
+
+@cuda.jit
+def cross_entropy_bwd(logits, target, scale, grad):
+    """grad[i, j] = scale * (softmax(logits[i])[j] - [j == target[i]]), scale = grad_out / B.
+
+    A thread per row (classes are few; lanes on consecutive rows read consecutive addresses of
+    an F-ordered logits array).  Out-of-range targets give a NaN row.  grad (B, C).
+    """
+    n_b, n_c = logits.shape[0], logits.shape[1]
+    s_ = grad.dtype.type(scale)
+    for i in range(cuda.grid(1), n_b, cuda.gridsize(1)):
+        m = logits[i, 0]
+        for j in range(1, n_c):
+            m = max(m, logits[i, j])
+        s = grad.dtype.type(0)
+        for j in range(n_c):
+            s += math.exp(logits[i, j] - m)
+        t = target[i]
+        bad = t < 0 or t >= n_c
+        for j in range(n_c):
+            v = math.exp(logits[i, j] - m) / s
+            if j == t:
+                v -= grad.dtype.type(1)
+            grad[i, j] = grad.dtype.type(math.nan) if bad else v * s_
+
+
+@cuda.jit
+def mse_fwd(x, t, out):
+    """out[0] = mean_i (x[i] - t[i])^2 over flat views; one block.  x, t (n,), out (1,)."""
+    red = cuda.shared.array(RED_THREADS, dtype=out.dtype)
+    tid = cuda.threadIdx.x
+    acc = out.dtype.type(0)
+    for i in range(tid, x.shape[0], RED_THREADS):
+        d = x[i] - t[i]
+        acc += d * d
+    red[tid] = acc
+    cuda.syncthreads()
+    half = RED_THREADS // 2
+    while half > 0:
+        if tid < half:
+            red[tid] += red[tid + half]
+        cuda.syncthreads()
+        half //= 2
+    if tid == 0:
+        out[0] = red[0] / out.dtype.type(x.shape[0])
+
+
+@cuda.jit
+def mse_bwd(x, t, scale, out):
+    """out[i] = scale * (x[i] - t[i]), scale = 2 grad_out / n.  Flat views (n,)."""
+    s = out.dtype.type(scale)
+    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        out[i] = (x[i] - t[i]) * s
+
+
+@cuda.jit
+def accumulate_metrics(loss, batch, logits, target, has_target, acc):
+    """acc[0] += loss[0] * batch; acc[1] += #{i: argmax logits[i] == target[i]} (first maximum on
+    ties, as NumPy's argmax); acc[2] += batch.  One block; acc (3,) float64 stays on the device
+    for a whole epoch, so training reads it back once per epoch, not once per batch.
+    ``has_target`` False (a regression loss) skips the accuracy count."""
+    red = cuda.shared.array(RED_THREADS, dtype=acc.dtype)
+    tid = cuda.threadIdx.x
+    hits = acc.dtype.type(0)
+    if has_target:
+        n_c = logits.shape[1]
+        for i in range(tid, logits.shape[0], RED_THREADS):
+            best = 0
+            for j in range(1, n_c):
+                if logits[i, j] > logits[i, best]:
+                    best = j
+            if best == target[i]:
+                hits += acc.dtype.type(1)
+    red[tid] = hits
+    cuda.syncthreads()
+    half = RED_THREADS // 2
+    while half > 0:
+        if tid < half:
+            red[tid] += red[tid + half]
+        cuda.syncthreads()
+        half //= 2
+    if tid == 0:
+        acc[0] += acc.dtype.type(loss[0]) * acc.dtype.type(batch)
+        acc[1] += red[0]
+        acc[2] += acc.dtype.type(batch)

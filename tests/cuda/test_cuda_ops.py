@@ -1,0 +1,207 @@
+"""CUDA weight-sparse convolution and training-step kernels against their CPU twins.
+
+Simulator or GPU only (see conftest.py).  The CPU side is the host branch of the same dispatch
+function in ``sparsenet.kernels`` (or kernels/reference.py), both dtypes, tiny shapes that are
+not a multiple of the (shrunk) block geometry, F- and C-ordered operands, empty inputs.
+"""
+import numpy as np
+import pytest
+
+import sparsenet.kernels as K
+from sparsenet import CSRMatrix
+from sparsenet.kernels import reference as ref
+
+pytestmark = pytest.mark.usefixtures("small_geometry")
+
+DTYPES = [np.float32, np.float64]
+cuda = pytest.importorskip("numba.cuda")
+
+
+def _kc():
+    from sparsenet.kernels import cuda as kc
+
+    return kc
+
+
+def _dev(a):
+    return cuda.to_device(np.asarray(a))
+
+
+def _host(a):
+    return _kc().to_host(a)
+
+
+def _tol(dtype):
+    return dict(rtol=3e-5, atol=3e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+
+
+def _is_dev(a):
+    return cuda.devicearray.is_cuda_ndarray(a)
+
+
+# ----------------------------------------------------------------------------- weight-sparse conv
+# (N, C, H, W), (O, KH, KW), stride, padding, dilation, groups, density, empty filters
+SPARSE_CONV_CASES = [
+    ((1, 2, 4, 6), (3, 3, 2), (1, 1), (1, 0), (1, 1), 1, 0.5, (1,)),
+    ((2, 2, 6, 5), (2, 2, 3), (2, 1), (0, 1), (2, 1), 1, 0.7, ()),
+    ((1, 4, 5, 4), (4, 1, 3), (1, 2), (0, 1), (1, 1), 2, 0.6, (0, 3)),
+    ((1, 1, 3, 3), (2, 3, 3), (1, 1), (1, 1), (1, 1), 1, 0.0, ()),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", SPARSE_CONV_CASES, ids=[f"case{i}" for i in range(len(SPARSE_CONV_CASES))])
+def test_sparse_conv2d_matches_dense_reference(rng, dtype, case):
+    x_shape, (o, kh, kw), stride, padding, dilation, groups, density, empty = case
+    c_g = x_shape[1] // groups
+    dense = rng.standard_normal((o, c_g * kh * kw)) * (rng.random((o, c_g * kh * kw)) < density)
+    dense[list(empty)] = 0
+    w = CSRMatrix.from_dense(dense.astype(dtype))
+    x = rng.standard_normal(x_shape).astype(dtype)
+    bias = rng.standard_normal(o).astype(dtype)
+    w4 = dense.reshape(o, c_g, kh, kw).astype(dtype)
+    geometry = ((kh, kw), stride, padding, dilation, groups)
+    y_ref = ref.conv2d(x, w4, bias, stride, padding, dilation, groups)
+    wd = w.to("cuda")
+    y = K.sparse_conv2d(_dev(x), wd.indptr, wd.indices, wd.data, (kh, kw), _dev(bias), stride, padding,
+                        dilation, groups)
+    assert _is_dev(y) and y.shape == y_ref.shape and y.dtype == dtype
+    np.testing.assert_allclose(_host(y), y_ref, **_tol(dtype))
+    np.testing.assert_allclose(_host(y), K.sparse_conv2d(x, w.indptr, w.indices, w.data, (kh, kw), bias, stride,
+                                                         padding, dilation, groups), **_tol(dtype))
+
+    g = rng.standard_normal(y_ref.shape).astype(dtype)
+    gx_ref, gw_ref, _ = ref.conv2d_backward(g, x, w4, stride, padding, dilation, groups)
+    gx, gw = K.sparse_conv2d_backward(_dev(g), _dev(x), wd.indptr, wd.indices, wd.data, *geometry)
+    assert gx.dtype == dtype and gw.shape == (w.nnz,)
+    np.testing.assert_allclose(_host(gx), gx_ref, **_tol(dtype))
+    rows = np.repeat(np.arange(o), np.diff(w.indptr))
+    np.testing.assert_allclose(_host(gw), gw_ref.reshape(o, -1)[rows, w.indices], **_tol(dtype))
+    only_w = K.sparse_conv2d_backward(_dev(g), _dev(x), wd.indptr, wd.indices, wd.data, *geometry,
+                                      need_input=False)
+    assert only_w[0] is None and only_w[1] is not None
+
+
+# ----------------------------------------------------------------------------- element-wise
+def _layouts(rng, shape, dtype):
+    a = rng.standard_normal(shape).astype(dtype)
+    return {"C": a, "F": np.asfortranarray(a)}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(K.ACTIVATIONS))
+@pytest.mark.parametrize("x_order,g_order", [("C", "C"), ("F", "F"), ("F", "C")])
+def test_activations_match_host(rng, dtype, name, x_order, g_order):
+    x = _layouts(rng, (5, 3), dtype)[x_order]
+    x[0, 0] = 0.0  # the kink: gradient 0 (ReLU) or slope (LeakyReLU), as on the host
+    g = _layouts(rng, (5, 3), dtype)[g_order]
+    y = K.activation(name, _dev(x), slope=0.1)
+    assert _is_dev(y) and y.dtype == dtype
+    np.testing.assert_allclose(_host(y), K.activation(name, x, slope=0.1), **_tol(dtype))
+    saved = x if name == "leaky_relu" else K.activation(name, x, slope=0.1)
+    saved_d = _dev(x) if name == "leaky_relu" else y
+    gx = K.activation_backward(name, saved_d, _dev(g), slope=0.1)
+    np.testing.assert_allclose(_host(gx), K.activation_backward(name, saved, g, slope=0.1), **_tol(dtype))
+
+
+def test_sigmoid_saturates_without_nan():
+    y = _host(K.activation("sigmoid", _dev(np.array([-1000.0, 1000.0, 0.0]))))
+    np.testing.assert_array_equal(y, [0.0, 1.0, 0.5])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_bias_add_batch_sum_add_scaled_mul(rng, dtype, order):
+    y = _layouts(rng, (7, 5), dtype)[order]
+    b = rng.standard_normal(5).astype(dtype)
+    yd = _dev(y)
+    assert K.bias_add_(yd, _dev(b)) is yd
+    np.testing.assert_allclose(_host(yd), y + b, **_tol(dtype))
+    np.testing.assert_allclose(_host(K.batch_sum(_dev(y))), y.sum(axis=0), **_tol(dtype))
+    np.testing.assert_array_equal(_host(K.batch_sum(_dev(np.zeros((0, 3), dtype)))), np.zeros(3))
+    dst = rng.standard_normal((7, 5)).astype(dtype)
+    dd = _dev(dst)
+    K.add_(dd, _dev(y))  # src layout may differ from dst's
+    np.testing.assert_allclose(_host(dd), dst + y, **_tol(dtype))
+    mask = (rng.random((7, 5)) < 0.5).astype(dtype)
+    np.testing.assert_allclose(_host(K.scaled_mul(_dev(y), _dev(mask), 2.0)), y * mask * 2, **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shapes", [((5, 7), (7, 3)), ((1, 1), (1, 9)), ((9, 4), (4, 1)), ((3, 0), (0, 2))])
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True)])
+def test_matmul_matches_numpy(rng, dtype, shapes, ta, tb):
+    (m, k), (_, n) = shapes
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+    out = K.matmul(_dev(a), _dev(b), transpose_a=ta, transpose_b=tb)
+    assert _is_dev(out) and out.shape == (m, n)
+    np.testing.assert_allclose(_host(out), K.matmul(a, b, transpose_a=ta, transpose_b=tb), **_tol(dtype))
+
+
+def test_contiguous_and_copy(rng):
+    kc = _kc()
+    f = np.asfortranarray(rng.standard_normal((5, 6)))
+    c = kc.contiguous(_dev(f))
+    assert kc._order(c) == "C"
+    np.testing.assert_array_equal(_host(c), f)
+    x4 = rng.standard_normal((2, 3, 4, 5))
+    strided = kc.transpose(_dev(x4.reshape(6, 20)))  # (20, 6) view with swapped strides
+    np.testing.assert_array_equal(_host(kc.contiguous(strided)), x4.reshape(6, 20).T)
+    d = _dev(x4)
+    d2 = kc.copy(d)
+    assert d2 is not d
+    np.testing.assert_array_equal(_host(d2), x4)
+    assert kc.contiguous(d) is d
+
+
+# ----------------------------------------------------------------------------- losses
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_cross_entropy_and_mse_match_host(rng, dtype, order):
+    logits = _layouts(rng, (9, 4), dtype)[order] * 3
+    logits[0] = [1e4, 0, -1e4, 5]  # no overflow: the row maximum is subtracted
+    target = rng.integers(0, 4, 9)
+    loss = K.cross_entropy(_dev(logits), _dev(target))
+    assert _is_dev(loss) and loss.shape == (1,)
+    np.testing.assert_allclose(_host(loss)[0], K.cross_entropy(logits, target), **_tol(dtype))
+    grad = K.cross_entropy_backward(_dev(logits), _dev(target), 0.5)
+    np.testing.assert_allclose(_host(grad), K.cross_entropy_backward(logits, target, 0.5), **_tol(dtype))
+    t = _layouts(rng, (9, 4), dtype)["C"]
+    np.testing.assert_allclose(_host(K.mse_loss(_dev(logits), _dev(t)))[0], K.mse_loss(logits, t), rtol=1e-5)
+    np.testing.assert_allclose(_host(K.mse_loss_backward(_dev(logits), _dev(t), 2.0)),
+                               K.mse_loss_backward(logits, t, 2.0), **_tol(dtype))
+
+
+def test_cross_entropy_out_of_range_target_is_nan_not_a_crash():
+    logits = np.zeros((3, 2))
+    target = np.array([0, 5, -1])
+    assert np.isnan(_host(K.cross_entropy(_dev(logits), _dev(target)))[0])
+    grad = _host(K.cross_entropy_backward(_dev(logits), _dev(target), 1.0))
+    assert np.isfinite(grad[0]).all() and np.isnan(grad[1:]).all()
+
+
+def test_accumulate_metrics_counts_loss_and_hits(rng):
+    acc = K.metrics_accumulator()
+    logits = np.array([[1.0, 2.0], [3.0, 0.0], [0.5, 0.5]])  # argmax 1, 0, 0 (first on ties)
+    target = np.array([1, 1, 0])
+    K.accumulate_metrics(acc, _dev(np.array([0.25])), 3, _dev(logits), _dev(target))
+    K.accumulate_metrics(acc, _dev(np.array([1.0])), 2)  # regression batch: no accuracy
+    np.testing.assert_allclose(_host(acc), [0.25 * 3 + 2.0, 2, 5])
+
+
+def test_mixing_devices_in_the_new_ops_names_arguments():
+    with pytest.raises(ValueError, match="bias on cpu"):
+        K.bias_add_(_dev(np.ones((2, 2))), np.ones(2))
+    with pytest.raises(ValueError, match="target on cpu"):
+        K.cross_entropy(_dev(np.ones((2, 2))), np.zeros(2, np.int64))
+
+
+def test_strict_simulator_arrays_refuse_numpy_arithmetic():
+    """The conftest makes simulated device arrays as poor as real ones (no-op on a real GPU,
+    where these fail by themselves)."""
+    d = _dev(np.ones(3))
+    with pytest.raises((TypeError, AttributeError)):
+        d + 1
+    with pytest.raises((TypeError, AttributeError)):
+        d.sum()

@@ -1,0 +1,218 @@
+"""Whole models on the device: layers, Module.to, optimizers and fit(device="cuda").
+
+Simulator or GPU only (see conftest.py).  Every layer with a CUDA path is run twice, on the
+host and on a copy moved with ``.to("cuda")``, from the same input, and must agree in output,
+input gradient and parameter gradients; training on the device must reproduce training on the
+host (same data order, same dropout masks), float64 so that the comparison is tight.
+"""
+import copy
+
+import numpy as np
+import pytest
+
+from sparsenet import CSRMatrix, io, nn, optim, train
+from sparsenet.kernels.device import is_device_array
+
+pytestmark = pytest.mark.usefixtures("small_geometry")
+
+cuda = pytest.importorskip("numba.cuda")
+F64 = np.float64
+
+
+def _dev(a):
+    return cuda.to_device(np.asarray(a))
+
+
+def _host(a):
+    return a.copy_to_host() if is_device_array(a) else np.asarray(a)
+
+
+def _layer_cases():
+    return [
+        ("linear", lambda: nn.Linear(5, 4, rng=0, dtype=F64), (3, 5)),
+        ("sparse_linear", lambda: nn.SparseLinear(5, 4, density=0.5, rng=0, dtype=F64), (3, 5)),
+        ("conv", lambda: nn.Conv2d(2, 3, 3, stride=(1, 2), padding=1, rng=0, dtype=F64), (2, 2, 5, 4)),
+        ("conv_groups", lambda: nn.Conv2d(4, 2, (2, 3), dilation=(2, 1), groups=2, rng=0, dtype=F64), (1, 4, 5, 5)),
+        ("sparse_conv", lambda: nn.SparseConv2d(2, 3, 3, padding=1, density=0.4, rng=0, dtype=F64), (2, 2, 4, 5)),
+        ("max_pool", lambda: nn.MaxPool2d(2, stride=1), (1, 2, 4, 3)),
+        ("avg_pool", lambda: nn.AvgPool2d(3, stride=2, padding=1), (2, 1, 5, 5)),
+        ("relu", lambda: nn.ReLU(), (4, 3)),
+        ("leaky_relu", lambda: nn.LeakyReLU(0.2), (4, 3)),
+        ("tanh", lambda: nn.Tanh(), (2, 3, 2)),
+        ("sigmoid", lambda: nn.Sigmoid(), (4, 3)),
+        ("dropout", lambda: nn.Dropout(0.4, rng=3), (6, 5)),
+        ("flatten", lambda: nn.Flatten(), (2, 3, 2, 2)),
+    ]
+
+
+@pytest.mark.parametrize("name,make,shape", _layer_cases(), ids=[c[0] for c in _layer_cases()])
+def test_layer_on_device_matches_host(rng, name, make, shape):
+    host = make()
+    dev = copy.deepcopy(host).to("cuda")
+    assert dev.device == ("cuda" if host.parameters() else "cpu")
+    x = rng.standard_normal(shape)
+    y = host(x)
+    yd = dev(_dev(x))
+    assert is_device_array(yd) and tuple(yd.shape) == y.shape
+    np.testing.assert_allclose(_host(yd), y, rtol=1e-12, atol=1e-12)
+    g = rng.standard_normal(y.shape)
+    gx = host.backward(g)
+    gd = _dev(g)
+    gxd = dev.backward(gd)
+    assert is_device_array(gxd)
+    np.testing.assert_allclose(_host(gxd), gx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(_host(gd), g)  # backward never mutates grad_out
+    for p, q in zip(host.parameters(), dev.parameters()):
+        assert q.device == "cuda" and is_device_array(q.grad)
+        np.testing.assert_allclose(_host(q.grad), p.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_gradients_accumulate_on_device(rng):
+    layer = nn.SparseLinear(4, 3, density=0.6, rng=0, dtype=F64)
+    dev = copy.deepcopy(layer).to("cuda")
+    x, g = rng.standard_normal((2, 4)), rng.standard_normal((2, 3))
+    for m, xin, gin in ((layer, x, g), (dev, _dev(x), _dev(g))):
+        for _ in range(2):
+            m(xin)
+            m.backward(gin)
+    np.testing.assert_allclose(_host(dev.weight.grad), layer.weight.grad, rtol=1e-12)
+    dev.zero_grad(set_to_none=False)
+    assert is_device_array(dev.bias.grad) and not _host(dev.bias.grad).any()
+    with pytest.raises(ValueError, match="on cpu"):
+        dev.bias.accumulate_grad(np.ones(3))
+
+
+def test_losses_on_device_match_host(rng):
+    logits = rng.standard_normal((5, 3))
+    target = rng.integers(0, 3, 5)
+    for crit, tgt in ((nn.CrossEntropyLoss(), target), (nn.MSELoss(), rng.standard_normal((5, 3)))):
+        host_loss = crit(logits, tgt)
+        host_grad = crit.backward(2.0)
+        dev_loss = crit(_dev(logits), _dev(tgt))
+        np.testing.assert_allclose(_host(dev_loss)[0], host_loss, rtol=1e-12)
+        np.testing.assert_allclose(_host(crit.backward(2.0)), host_grad, rtol=1e-12)
+    with pytest.raises(ValueError, match="logits on cuda, target on cpu"):
+        nn.CrossEntropyLoss()(_dev(logits), target)
+
+
+def test_module_to_refuses_layers_without_cuda_and_moves_nothing():
+    model = nn.Sequential(nn.Linear(3, 3, rng=0), nn.BatchNorm1d(3), nn.Softmax())
+    with pytest.raises(NotImplementedError, match="BatchNorm1d, Softmax have no CUDA"):
+        model.to("cuda")
+    assert model.device == "cpu" and isinstance(model[0].weight.data, np.ndarray)
+    with pytest.raises(ValueError, match="device must be one of"):
+        model.to("cuda:0")
+
+
+def test_state_round_trips_between_devices(rng, tmp_path):
+    model = nn.Sequential(nn.SparseLinear(6, 4, density=0.5, rng=0, dtype=F64), nn.ReLU(),
+                          nn.Linear(4, 2, rng=1, dtype=F64))
+    state = model.state_dict()
+    dev = copy.deepcopy(model).to("cuda")
+    dstate = dev.state_dict()
+    assert set(dstate) == set(state)
+    for k in state:
+        assert isinstance(dstate[k], np.ndarray)
+        np.testing.assert_array_equal(dstate[k], state[k])
+    other = nn.Sequential(nn.SparseLinear(6, 4, density=0.9, rng=5, dtype=F64), nn.ReLU(),
+                          nn.Linear(4, 2, rng=6, dtype=F64)).to("cuda")
+    other.load_state_dict(state)  # a new pattern and values, loaded onto the device
+    assert other[0].weight.csr.device == "cuda"
+    x = rng.standard_normal((3, 6))
+    np.testing.assert_allclose(_host(other(_dev(x))), model(x), rtol=1e-12)
+    back = copy.deepcopy(model)
+    back.load_state_dict(other.to("cpu").state_dict())
+    assert other.device == "cpu"
+    np.testing.assert_allclose(back(x), model(x), rtol=1e-12)
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+    lambda ps: optim.Adam(ps, lr=0.01),
+    lambda ps: optim.AdamW(ps, lr=0.01, weight_decay=0.1),
+], ids=["sgd", "adam", "adamw"])
+def test_optimizer_state_lives_with_its_parameters(rng, make_opt):
+    host = nn.SparseLinear(5, 4, density=0.5, rng=0, dtype=F64)
+    dev = copy.deepcopy(host).to("cuda")
+    opts = make_opt(host.parameters()), make_opt(dev.parameters())
+    x, g = rng.standard_normal((3, 5)), rng.standard_normal((3, 4))
+    for _ in range(3):
+        for m, opt, xin, gin in ((host, opts[0], x, g), (dev, opts[1], _dev(x), _dev(g))):
+            opt.zero_grad()
+            m(xin)
+            m.backward(gin)
+            opt.step()
+    for p, q in zip(host.parameters(), dev.parameters()):
+        np.testing.assert_allclose(_host(q.data), p.data, rtol=1e-12)
+        for key, value in opts[1].state[q].items():
+            if key != "step":
+                assert is_device_array(value)
+                np.testing.assert_allclose(_host(value), opts[0].state[p][key], rtol=1e-12)
+    saved = opts[1].state_dict()
+    assert all(isinstance(v, (np.ndarray, int)) for s in saved["state"].values() for v in s.values())
+    fresh = make_opt(dev.parameters())
+    fresh.load_state_dict(saved)
+    assert all(is_device_array(v) for s in fresh.state.values() for k, v in s.items() if k != "step")
+    # A pattern change remaps device state through the host and puts it back on the device.
+    w = dev.weight
+    old = w.csr.to("cpu")
+    new = CSRMatrix.from_dense(np.where(old.to_dense() == 0, 1.0, old.to_dense()))
+    kept_old, kept_new = optim.match_patterns(old, new)
+    w.set_csr(new.to("cuda"))
+    fresh.remap(w, kept_old, kept_new)
+    key = fresh._state_keys[0]
+    remapped = fresh.state[w][key]
+    assert is_device_array(remapped) and remapped.shape == (new.nnz,)
+    np.testing.assert_array_equal(_host(remapped)[kept_new], _host(saved["state"][0][key])[kept_old])
+
+
+def _problem(rng, n=40):
+    x = rng.standard_normal((n, 6))
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64) + (x[:, 2] > 1).astype(np.int64)
+    return x, y
+
+
+def _model():
+    return nn.Sequential(nn.SparseLinear(6, 8, density=0.5, rng=0, dtype=F64), nn.Tanh(), nn.Dropout(0.2, rng=1),
+                         nn.Linear(8, 3, rng=2, dtype=F64))
+
+
+def test_fit_on_device_reproduces_fit_on_host(rng):
+    x, y = _problem(rng)
+    runs = {}
+    for device in ("cpu", "cuda"):
+        model = _model()
+        opt = optim.Adam(model.parameters(), lr=0.05)
+        hist = train.fit(model, nn.CrossEntropyLoss(), opt, (x, y), (x[:12], y[:12]), epochs=2, batch_size=16,
+                         progress=False, rng=0, device=device)
+        assert model.device == device
+        runs[device] = (model, hist)
+    (m_cpu, h_cpu), (m_gpu, h_gpu) = runs["cpu"], runs["cuda"]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "sparsity"):
+        np.testing.assert_allclose(h_gpu[key], h_cpu[key], rtol=1e-10, err_msg=key)
+    for p, q in zip(m_cpu.parameters(), m_gpu.parameters()):
+        np.testing.assert_allclose(_host(q.data), p.data, rtol=1e-10)
+    assert train.evaluate(m_gpu, (x, y)) == pytest.approx(train.evaluate(m_cpu, (x, y)), rel=1e-10)
+
+
+def test_fit_on_device_regression_and_checkpoint(rng, tmp_path):
+    x = rng.standard_normal((24, 4))
+    t = x @ rng.standard_normal((4, 2))
+    model = nn.Sequential(nn.Linear(4, 6, rng=0, dtype=F64), nn.ReLU(), nn.Linear(6, 2, rng=1, dtype=F64))
+    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    path = tmp_path / "ckpt.npz"
+    hist = train.fit(model, nn.MSELoss(), opt, (x, t), epochs=3, batch_size=8, progress=False, rng=0,
+                     device="cuda", callbacks=[train.ModelCheckpoint(path)])
+    assert hist["accuracy"] == [None] * 3 and hist["loss"][-1] < hist["loss"][0]
+    ckpt = io.load(path)
+    assert ckpt.model.device == "cpu"
+    np.testing.assert_allclose(ckpt.model(x), _host(model(_dev(x))), rtol=1e-12)
+
+
+def test_fit_reports_non_finite_loss_on_device(rng):
+    x, y = _problem(rng, 16)
+    model = nn.Sequential(nn.Linear(6, 3, rng=0, dtype=F64))
+    opt = optim.SGD(model.parameters(), lr=1e300)
+    with pytest.raises(FloatingPointError, match="epoch"):
+        train.fit(model, nn.CrossEntropyLoss(), opt, (x * 1e300, y), epochs=2, batch_size=8, progress=False,
+                  device="cuda")
