@@ -2,17 +2,23 @@
 
 Standalone script (not collected by pytest).  On a machine with an NVIDIA GPU:
 
-    python bench/gpu_bench.py                 # all shapes, markdown table on stdout
-    python bench/gpu_bench.py --shapes 0,3    # a subset
+    python bench/gpu_bench.py                 # all suites, markdown tables on stdout
+    python bench/gpu_bench.py --suite csr --shapes 0,3    # a subset
     NUMBA_ENABLE_CUDASIM=1 python bench/gpu_bench.py --dry-run   # plumbing check, no timing
 
-What is timed (float32, Y = X W^T with W a random CSR (n_out, n_in) matrix, X (batch, n_in)):
+Suites (``--suite csr,conv,train``, default all):
 
-* ``spmm``     sparsenet forward Y = X W^T              vs torch CSR ``W @ X^T`` (cuSPARSE)
-* ``spmm_t``   sparsenet grad input G W                  vs torch CSR ``W^T @ G^T`` (cuSPARSE, W^T
-  stored as CSR once outside the timing, as sparsenet caches its transposed pattern)
-* ``sddmm``    sparsenet grad weight on the pattern      vs ``torch.sparse.sampled_addmm``
-* ``dense``    cuBLAS ``X @ W_dense^T`` for scale.
+* ``csr``, float32, Y = X W^T with W a random CSR (n_out, n_in) matrix, X (batch, n_in):
+
+  ``spmm`` (forward) vs torch CSR ``W @ X^T`` (cuSPARSE); ``spmm_t`` (grad input G W) vs torch
+  CSR ``W^T @ G^T`` (W^T stored as CSR once outside the timing, as sparsenet caches its
+  transposed pattern); ``sddmm`` (grad weight on the pattern) vs ``torch.sparse.sampled_addmm``;
+  cuBLAS ``X @ W_dense^T`` for scale.
+* ``conv``: dense conv2d forward, grad input and grad weight vs ``torch.nn.functional.conv2d``
+  and its autograd backward (cuDNN), and the weight-sparse conv at 90% sparsity, NCHW float32.
+* ``train``: one whole training step (forward, cross-entropy, backward, Adam) of a SparseLinear
+  MLP 784-1000-1000-10 (density 0.04): the model on the GPU (batch uploaded inside the timing)
+  against the same model on the CPU (Numba kernels, all cores), per batch size.
 
 Every op gets warm-up calls (JIT compilation, cuSPARSE handle creation), then ``--repeat``
 launches between two CUDA events; the median of ``--trials`` such runs divided by ``--repeat``
@@ -48,7 +54,8 @@ DRY_SHAPE = (3, 9, 7, 0.3)
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shapes", default="all", help="comma-separated indices into SHAPES, or 'all'")
+    p.add_argument("--suite", default="csr,conv,train", help="comma-separated suites: csr, conv, train")
+    p.add_argument("--shapes", default="all", help="comma-separated indices into SHAPES (csr suite), or 'all'")
     p.add_argument("--repeat", type=int, default=20, help="launches per timed event pair")
     p.add_argument("--trials", type=int, default=5, help="event-timed runs; the median is reported")
     p.add_argument("--warmup", type=int, default=3)
@@ -70,6 +77,10 @@ def parse_args(argv=None):
         args.repeat = args.trials = 1
         args.warmup = 0
         args.no_torch = True
+    args.suites = [x.strip() for x in args.suite.split(",") if x.strip()]
+    unknown = set(args.suites) - {"csr", "conv", "train"}
+    if unknown:
+        p.error(f"unknown suites {sorted(unknown)}; choose from csr, conv, train")
     if args.repeat < 1 or args.trials < 1 or args.warmup < 0:
         p.error("--repeat and --trials must be >= 1, --warmup >= 0")
     return args
@@ -233,9 +244,170 @@ def main(argv=None):
         return 2
     print(f"device: {reason}")
     rng = np.random.default_rng(args.seed)
-    rows = [bench_shape(s, args, rng) for s in args.shape_list]
-    print(markdown(rows))
+    if "csr" in args.suites:
+        rows = [bench_shape(s, args, rng) for s in args.shape_list]
+        print(markdown(rows))
+    if "conv" in args.suites:
+        print()
+        print(table(CONV_COLUMNS, [bench_conv(c, args, rng) for c in (CONV_CASES[-1:] if args.dry_run else CONV_CASES)],
+                    (("fwd", "torch_fwd"), ("bwd", "torch_bwd"), ("sparse_fwd", "fwd"), ("sparse_bwd", "bwd"))))
+    if "train" in args.suites:
+        print()
+        batches = [4] if args.dry_run else TRAIN_BATCHES
+        print(table(TRAIN_COLUMNS, [bench_train(b, args) for b in batches], (("gpu_step", "cpu_step"),)))
     return 0
+
+
+# ----------------------------------------------------------------------------- conv suite
+# (N, C, H, W), O, kernel, stride, padding
+CONV_CASES = [
+    ((128, 1, 28, 28), 16, 3, 1, 1),   # LeNet conv1
+    ((128, 16, 14, 14), 32, 3, 1, 1),  # LeNet conv2
+    ((128, 64, 32, 32), 64, 3, 1, 1),  # CIFAR-style 3x3
+    ((128, 64, 32, 32), 128, 3, 2, 1),  # stride 2
+    ((2, 2, 6, 6), 3, 3, 1, 1),        # the dry-run case
+]
+CONV_COLUMNS = [
+    ("case", "case"), ("fwd", "sparsenet fwd"), ("torch_fwd", "cuDNN fwd"), ("bwd", "sparsenet bwd (x+w)"),
+    ("torch_bwd", "cuDNN bwd (x+w)"), ("sparse_fwd", "sparse fwd 90%"), ("sparse_bwd", "sparse bwd 90%"),
+]
+
+
+def bench_conv(case, args, rng):
+    from numba import cuda
+
+    from sparsenet import CSRMatrix
+    from sparsenet.kernels import cuda as kc
+
+    x_shape, o, k, stride, pad = case
+    geo = ((stride, stride), (pad, pad), (1, 1))
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    w = rng.standard_normal((o, x_shape[1], k, k), dtype=np.float32)
+    b = np.zeros(o, np.float32)
+    d_x, d_w, d_b = cuda.to_device(x), cuda.to_device(w), cuda.to_device(b)
+    y = kc.conv2d(d_x, d_w, d_b, *geo)
+    d_g = cuda.to_device(rng.standard_normal(y.shape, dtype=np.float32))
+    ws = CSRMatrix.random((o, x_shape[1] * k * k), 0.1, rng=rng, dtype=np.float32).to("cuda")
+    sparse_geo = ((k, k), *geo, 1)
+    ops = {
+        "fwd": lambda: kc.conv2d(d_x, d_w, d_b, *geo),
+        "bwd": lambda: kc.conv2d_backward(d_g, d_x, d_w, *geo),
+        "sparse_fwd": lambda: kc.sparse_conv2d(d_x, ws.indptr, ws.indices, ws.data, (k, k), d_b, *geo, 1),
+        "sparse_bwd": lambda: kc.sparse_conv2d_backward(d_g, d_x, ws.indptr, ws.indices, ws.data, *sparse_geo),
+    }
+    row = {"case": f"N={x_shape[0]} {x_shape[1]}->{o} {x_shape[2]}x{x_shape[3]} k{k} s{stride}"}
+    for name, fn in ops.items():
+        if args.dry_run:
+            fn()
+        else:
+            row[name] = _time(fn, cuda, args)
+    if args.dry_run:
+        from sparsenet.kernels import reference as ref
+
+        np.testing.assert_allclose(kc.to_host(ops["fwd"]()), ref.conv2d(x, w, b, *geo), rtol=1e-4, atol=1e-4)
+    elif not args.no_torch:
+        row.update(_torch_conv(x, w, b, kc.to_host(d_g), stride, pad, args))
+    return row
+
+
+def _torch_conv(x, w, b, g, stride, pad, args):
+    try:
+        import torch
+    except ImportError:
+        return {}
+    if not torch.cuda.is_available():
+        return {}
+    torch.backends.cudnn.benchmark = True
+    dev = torch.device("cuda")
+    tx = torch.from_numpy(x).to(dev).requires_grad_(True)
+    tw = torch.from_numpy(w).to(dev).requires_grad_(True)
+    tb = torch.from_numpy(b).to(dev)
+    tg = torch.from_numpy(g).to(dev)
+    conv = torch.nn.functional.conv2d
+    ty = conv(tx, tw, tb, stride=stride, padding=pad)
+    out = {}
+    with torch.no_grad():
+        out["torch_fwd"] = _time_torch(lambda: conv(tx, tw, tb, stride=stride, padding=pad), torch, args)
+    out["torch_bwd"] = _time_torch(lambda: torch.autograd.grad(ty, (tx, tw), tg, retain_graph=True), torch, args)
+    return out
+
+
+# ----------------------------------------------------------------------------- train suite
+TRAIN_BATCHES = [32, 128, 512, 4096]
+TRAIN_COLUMNS = [("case", "case"), ("gpu_step", "GPU step"), ("cpu_step", "CPU step")]
+
+
+TRAIN_SIZES = (784, 1000, 1000, 10)
+DRY_TRAIN_SIZES = (12, 10, 10, 3)  # the simulator runs each CUDA thread in Python
+
+
+def _mlp(sizes, density=0.04):
+    from sparsenet import nn
+
+    layers = []
+    for i in range(len(sizes) - 1):
+        layers += [nn.SparseLinear(sizes[i], sizes[i + 1], density=density, rng=i), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+def bench_train(batch, args):
+    """Seconds per training step on the GPU and on the CPU, same model, same batch."""
+    import time
+
+    from numba import cuda
+
+    from sparsenet import kernels, nn, optim
+
+    sizes = DRY_TRAIN_SIZES if args.dry_run else TRAIN_SIZES
+    rng = np.random.default_rng(args.seed)
+    x = rng.standard_normal((batch, sizes[0]), dtype=np.float32)
+    y = rng.integers(0, sizes[-1], batch)
+    crit = nn.CrossEntropyLoss()
+    density = 0.5 if args.dry_run else 0.04
+    row = {"case": f"MLP {'-'.join(map(str, sizes))} d={density:g}, batch {batch}"}
+    for device in ("cuda", "cpu"):
+        model = _mlp(sizes, density)
+        if device == "cuda":
+            model.to("cuda")
+        opt = optim.Adam(model.parameters(), lr=1e-3)
+
+        def step():
+            opt.zero_grad()
+            xb, yb = (kernels.to_device(x), kernels.to_device(y)) if device == "cuda" else (x, y)
+            crit(model(xb), yb)
+            model.backward(crit.backward())
+            opt.step()
+
+        if args.dry_run and device == "cuda":
+            step()
+            continue
+        if args.dry_run:
+            continue
+        if device == "cuda":
+            row["gpu_step"] = _time(step, cuda, args)
+        else:
+            for _ in range(max(1, args.warmup)):
+                step()
+            runs = []
+            for _ in range(args.trials):
+                t0 = time.perf_counter()
+                for _ in range(args.repeat):
+                    step()
+                runs.append((time.perf_counter() - t0) / args.repeat)
+            row["cpu_step"] = statistics.median(runs)
+    return row
+
+
+def table(columns, rows, ratios):
+    """Markdown table of ``rows`` and the ratios ``(ours, peer)``: peer time / our time."""
+    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(k)) for k, _ in columns) + " |")
+    lines += ["", "ratios (second / first, > 1 means the first is faster):"]
+    for r in rows:
+        parts = [f"{a} vs {b} {r[b] / r[a]:.2f}x" for a, b in ratios if r.get(a) and r.get(b)]
+        lines.append(f"- {r['case']}: " + (", ".join(parts) if parts else "n/a"))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -69,3 +69,17 @@ def test_threads_option_restores_limits(capsys):
     assert numba.get_num_threads() == before
     assert main(["bench", "--samples", "128", "--threads", "0"]) == 2
     assert "--threads" in capsys.readouterr().err
+
+
+def test_train_on_cuda_without_a_gpu_is_a_clear_error():
+    """Run in a subprocess: probing for a GPU initialises the CUDA driver in the process."""
+    pytest.importorskip("sklearn")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    res = subprocess.run([sys.executable, "-m", "sparsenet", "train", "--device", "cuda", "--hidden", "8",
+                          "--epochs", "1", "--no-progress"], capture_output=True, text=True, env=env, timeout=300)
+    if res.returncode == 0:  # a machine with a GPU: it trained there
+        assert "device cuda" in res.stdout
+    else:
+        assert res.returncode == 2, res.stderr
+        assert "cannot move the model to 'cuda'" in res.stderr
