@@ -161,6 +161,7 @@ def sddmm(indptr, indices, g, x):
 
 def csr_transpose(n_col, indptr, indices):
     """Pattern of W^T: returns (indptr_t, indices_t, perm) with W^T's data = data[perm]."""
+    require_host("csr_transpose", indptr, indices)
     nnz = indices.shape[0]
     indptr_t = np.empty(n_col + 1, dtype=indptr.dtype)
     indices_t = np.empty(nnz, dtype=indices.dtype)
@@ -171,6 +172,7 @@ def csr_transpose(n_col, indptr, indices):
 
 def csr_row_faults(n_col, indptr, indices):
     """(code, row) of the first structural fault: 0 ok, 1 out of range, 2 unsorted, 3 duplicate."""
+    require_host("csr_row_faults", indptr, indices)
     code, row = _csr.csr_row_faults(n_col, indptr, indices)
     return int(code), int(row)
 
@@ -513,6 +515,7 @@ __all__ += ["csr_lookup", "csr_filter", "csr_merge", "csr_row_norms", "topk_abs_
 
 def csr_lookup(indptr, indices, rows, cols):
     """Position of each (rows[q], cols[q]) in the pattern, -1 where not stored; int64 (Q,)."""
+    require_host("csr_lookup", indptr, indices, rows, cols)
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     cols = np.ascontiguousarray(cols, dtype=np.int64)
     out = np.empty(rows.shape[0], dtype=np.int64)
@@ -527,6 +530,7 @@ def csr_filter(indptr, indices, n_col, *, keep=None, row_sel=None, col_map=None)
     Returns ``(indptr, indices, src)``: the new canonical pattern and, for each new entry, its
     old position (so ``new_data = data[src]``).  ``col_map`` must be increasing on kept columns.
     """
+    require_host("csr_filter", indptr, indices, keep)
     nnz = indices.shape[0]
     n_row = indptr.shape[0] - 1
     keep = np.ones(nnz, np.bool_) if keep is None else np.ascontiguousarray(keep, dtype=np.bool_)
@@ -549,6 +553,7 @@ def csr_merge(indptr_a, indices_a, indptr_b, indices_b):
 
     Returns ``(indptr, indices, pos_a, pos_b)``; entry k of A is at ``pos_a[k]`` in the result.
     """
+    require_host("csr_merge", indptr_a, indices_a, indptr_b, indices_b)
     indptr_a = np.ascontiguousarray(indptr_a, dtype=np.int64)
     indptr_b = np.ascontiguousarray(indptr_b, dtype=np.int64)
     out_indptr = indptr_a + indptr_b
@@ -562,6 +567,7 @@ def csr_merge(indptr_a, indices_a, indptr_b, indices_b):
 
 def csr_row_norms(indptr, data, ord=2):
     """L1 (``ord=1``) or L2 (``ord=2``) norm of each row's stored values, float64 (n_row,)."""
+    require_host("csr_row_norms", indptr, data)
     out = np.empty(indptr.shape[0] - 1, dtype=np.float64)
     _topology.csr_row_norms(indptr, data, int(ord), out)
     return out
@@ -606,7 +612,7 @@ def topk_abs_grad(indptr, indices, g, x, k, *, tile_rows=None):
     the current k-th best score, a linear-time selection.  Returns ``(rows, cols, scores)``
     sorted by (row, col); ties in score go to the smaller flat index; NaN scores are skipped.
     """
-    require_host("topk_abs_grad", g, x)
+    require_host("topk_abs_grad", indptr, indices, g, x)
     n_row, n_col = g.shape[1], x.shape[1]
     dtype = np.result_type(g.dtype, x.dtype)
     k = int(max(0, min(k, n_row * n_col - indices.shape[0])))

@@ -14,6 +14,11 @@ any other layout is transposed on the device by a shared-memory tile kernel.  Ou
 ``spmm``/``spmm_t`` are returned as F-ordered (batch, features) views of the feature-major
 result, so a chain of sparse layers never transposes.
 
+Besides the CSR products, convolutions (dense and weight-sparse), pooling and optimizer updates,
+``ops.py`` holds the rest of a training step (activations, bias, batch sums, dense products,
+losses, a device-side loss/accuracy accumulator), so that a model moved with ``.to("cuda")``
+runs forward, backward and update without leaving the device.
+
 Transposed products (``spmm_t``) are race-free and deterministic without atomics: they run
 the forward kernel over the transposed *pattern* of W (CSC of W), reading W's values through
 the transpose permutation.  The pattern is fixed across training steps (pruning and regrowth
@@ -625,11 +630,23 @@ def _like(a, ref, name):
     return _copy_into(a, _empty_like(ref))
 
 
+def _dense(a, name):
+    """``a`` as a C- or F-contiguous device array (a copy only for other strides)."""
+    a = as_device_array(a, name)
+    return a if _order(a) is not None else contiguous(a, name)
+
+
+def _operands(x, other, x_name, other_name):
+    """(x contiguous, other laid out exactly like x), same dtype: ready for flat element-wise views."""
+    x = _dense(x, x_name)
+    other = _like(other, x, other_name)
+    _same_dtype(**{x_name: x, other_name: other})
+    return x, other
+
+
 def activation(kind, slope, x):
     """act(x) element-wise, same shape and memory order; kind in ops.RELU ... ops.SIGMOID."""
-    x = as_device_array(x, "x")
-    if _order(x) is None:
-        x = contiguous(x, "x")
+    x = _dense(x, "x")
     out = _empty_like(x)
     if x.size:
         _ops().activation_fwd[_grid(x.size)](int(kind), float(slope), _flat_view(x), _flat_view(out))
@@ -638,9 +655,7 @@ def activation(kind, slope, x):
 
 def activation_backward(kind, slope, saved, g):
     """g * act'(.) from what forward kept (y, or x for LeakyReLU); laid out like ``saved``."""
-    saved = as_device_array(saved, "saved")
-    g = _like(g, saved, "grad_out")
-    _same_dtype(saved=saved, grad_out=g)
+    saved, g = _operands(saved, g, "saved", "grad_out")
     out = _empty_like(saved)
     if g.size:
         _ops().activation_bwd[_grid(g.size)](int(kind), float(slope), _flat_view(saved), _flat_view(g),
@@ -650,11 +665,7 @@ def activation_backward(kind, slope, saved, g):
 
 def scaled_mul(x, mask, scale):
     """x * mask * scale element-wise (dropout); ``mask`` a device array of x's shape and dtype."""
-    x = as_device_array(x, "x")
-    if _order(x) is None:
-        x = contiguous(x, "x")
-    mask = _like(mask, x, "mask")
-    _same_dtype(x=x, mask=mask)
+    x, mask = _operands(x, mask, "x", "mask")
     out = _empty_like(x)
     if x.size:
         _ops().scaled_mul[_grid(x.size)](_flat_view(x), _flat_view(mask), float(scale), _flat_view(out))
@@ -663,9 +674,9 @@ def scaled_mul(x, mask, scale):
 
 def add_(dst, src):
     """dst += src in place (contiguous ``dst``); returns dst."""
-    dst = as_device_array(dst, "dst")
-    src = _like(src, dst, "src")
-    _same_dtype(dst=dst, src=src)
+    if _order(as_device_array(dst, "dst")) is None:  # a copy would take the update, not dst
+        raise ValueError(f"add_ updates in place and needs a contiguous dst; got strides {dst.strides}")
+    dst, src = _operands(dst, src, "dst", "src")
     if dst.size:
         _ops().add_inplace[_grid(dst.size)](_flat_view(dst), _flat_view(src))
     return dst
@@ -737,11 +748,7 @@ def cross_entropy_backward(logits, target, scale):
 
 def mse_loss(x, t):
     """Mean squared error as a (1,) device array; ``t`` of x's shape and dtype."""
-    x = as_device_array(x, "input")
-    if _order(x) is None:
-        x = contiguous(x, "input")
-    t = _like(t, x, "target")
-    _same_dtype(input=x, target=t)
+    x, t = _operands(x, t, "input", "target")
     out = empty((1,), x.dtype)
     _one_block(_ops().mse_fwd, _flat_view(x), _flat_view(t), out)
     return out
@@ -749,10 +756,7 @@ def mse_loss(x, t):
 
 def mse_loss_backward(x, t, scale):
     """``scale * (x - t)``, laid out like x (scale = 2 grad_out / x.size)."""
-    x = as_device_array(x, "input")
-    if _order(x) is None:
-        x = contiguous(x, "input")
-    t = _like(t, x, "target")
+    x, t = _operands(x, t, "input", "target")
     out = _empty_like(x)
     if x.size:
         _ops().mse_bwd[_grid(x.size)](_flat_view(x), _flat_view(t), float(scale), _flat_view(out))

@@ -49,3 +49,12 @@ def test_conv_and_pool_dispatch_to_device(rng):
     np.testing.assert_array_equal(K.max_pool2d(cuda.to_device(x), *pool).copy_to_host(), K.max_pool2d(x, *pool))
     np.testing.assert_allclose(K.avg_pool2d(cuda.to_device(x), *pool).copy_to_host(), K.avg_pool2d(x, *pool),
                                rtol=1e-6)
+
+
+def test_host_only_pattern_ops_refuse_device_arrays(rng):
+    w = CSRMatrix.random((4, 3), 0.5, rng=rng, dtype=np.float32).to("cuda")
+    for call in (lambda: K.csr_transpose(3, w.indptr, w.indices),
+                 lambda: K.csr_row_norms(w.indptr, w.data),
+                 lambda: K.csr_lookup(w.indptr, w.indices, np.zeros(1), np.zeros(1))):
+        with pytest.raises(NotImplementedError, match="no CUDA kernel"):
+            call()
