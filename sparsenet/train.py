@@ -75,7 +75,11 @@ class History:
 
 class Callback:
     """Hooks called by :class:`Trainer`; override any subset.  ``trainer`` exposes ``model``,
-    ``loss``, ``optimizer``, ``epoch``, ``history`` and ``stop_training``."""
+    ``loss``, ``optimizer``, ``epoch``, ``history``, ``device`` and ``stop_training``.
+
+    ``on_batch_end``'s ``logs["loss"]`` is a float on the CPU and, when training on the GPU, the
+    loss as a (1,) device array (reading it on the host costs a synchronisation per batch).
+    """
 
     def on_train_begin(self, trainer):
         pass
@@ -199,7 +203,7 @@ class _Meter:
         self.can_score = self.can_score and scored
         if self.acc is not None:
             kernels.accumulate_metrics(self.acc, value, batch, output if scored else None,
-                                            target if scored else None)
+                                       target if scored else None)
             return None
         value = float(value)
         self.loss += value * batch

@@ -176,6 +176,15 @@ class Parameter:
         self.csr = csr
         self.grad = None
 
+    def zero_grad(self, set_to_none=True):
+        """Drop the gradient (default) or set it to zeros in place."""
+        if set_to_none or self.grad is None:
+            self.grad = None
+        elif is_device_array(self.grad):
+            self.grad = kernels.zeros_like(self.grad)
+        else:
+            self.grad[...] = 0
+
     def accumulate_grad(self, grad):
         """Add ``grad`` into ``.grad`` (a fresh copy on the first call, never an alias)."""
         if not is_device_array(grad):
@@ -338,10 +347,7 @@ class Module:
     def zero_grad(self, set_to_none=True):
         """Clear gradients (to None by default, as PyTorch does)."""
         for p in self.parameters():
-            if set_to_none or p.grad is None:
-                p.grad = None
-            else:
-                p.grad = kernels.zeros_like(p.grad)
+            p.zero_grad(set_to_none)
 
     @property
     def device(self):
@@ -450,10 +456,8 @@ class Module:
                 continue
             value = kernels.to_host(state_dict[name])
             if p.is_sparse:
-                indices = np.asarray(state_dict.get(name + ".indices", p.csr.indices))
-                indptr = np.asarray(state_dict.get(name + ".indptr", p.csr.indptr))
-                if is_device_array(indices) or is_device_array(indptr):
-                    indices, indptr = kernels.to_host(indices), kernels.to_host(indptr)
+                indices = kernels.to_host(state_dict.get(name + ".indices", p.csr.indices))
+                indptr = kernels.to_host(state_dict.get(name + ".indptr", p.csr.indptr))
                 try:
                     csr = CSRMatrix(value.astype(p.dtype), indices, indptr, p.csr.shape, copy=True)
                 except (ValueError, TypeError) as err:

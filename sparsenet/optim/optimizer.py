@@ -78,10 +78,7 @@ class Optimizer:
     def zero_grad(self, set_to_none=True):
         """Clear the gradients of all parameters (to None by default, as PyTorch does)."""
         for p in self._params():
-            if set_to_none or p.grad is None:
-                p.grad = None
-            else:
-                p.grad[...] = 0
+            p.zero_grad(set_to_none)
 
     def step(self):
         """Update every parameter that has a gradient."""

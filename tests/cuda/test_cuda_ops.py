@@ -6,7 +6,10 @@ not a multiple of the (shrunk) block geometry, F- and C-ordered operands, empty 
 """
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import sparsenet.functional as F
 import sparsenet.kernels as K
 from sparsenet import CSRMatrix
 from sparsenet.kernels import reference as ref
@@ -82,6 +85,37 @@ def test_sparse_conv2d_matches_dense_reference(rng, dtype, case):
     assert only_w[0] is None and only_w[1] is not None
 
 
+@settings(max_examples=12, deadline=None)
+@given(
+    n=st.integers(1, 2), cg=st.integers(1, 2), og=st.integers(1, 2), groups=st.integers(1, 2),
+    h=st.integers(1, 6), w=st.integers(1, 6), kh=st.integers(1, 3), kw=st.integers(1, 3),
+    sh=st.integers(1, 2), sw=st.integers(1, 2), ph=st.integers(0, 1), pw=st.integers(0, 1),
+    dh=st.integers(1, 2), dw=st.integers(1, 2), density=st.floats(0.0, 1.0), f32=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_sparse_conv2d_hypothesis_through_functional(n, cg, og, groups, h, w, kh, kw, sh, sw, ph, pw, dh, dw,
+                                                     density, f32, seed):
+    """F.sparse_conv2d and its backward on device arrays equal the host ones over random geometry."""
+    if h + 2 * ph < dh * (kh - 1) + 1 or w + 2 * pw < dw * (kw - 1) + 1:
+        return  # rejected at the boundary, tested on the host
+    dtype = np.float32 if f32 else np.float64
+    rng = np.random.default_rng(seed)
+    c, o = cg * groups, og * groups
+    geo = dict(stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), groups=groups)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    ws = CSRMatrix.random((o, cg * kh * kw), density, rng=rng, dtype=dtype, data_rvs=rng.standard_normal)
+    bias = rng.standard_normal(o).astype(dtype)
+    y = F.sparse_conv2d(x, ws, (kh, kw), bias, **geo)
+    yd = F.sparse_conv2d(_dev(x), ws.to("cuda"), (kh, kw), _dev(bias), **geo)
+    np.testing.assert_allclose(_host(yd), y, **_tol(dtype))
+    g = rng.standard_normal(y.shape).astype(dtype)
+    host = F.sparse_conv2d_backward(g, x, ws, (kh, kw), **geo)
+    dev = F.sparse_conv2d_backward(_dev(g), _dev(x), ws.to("cuda"), (kh, kw), **geo)
+    for a, b in zip(dev, host):
+        assert _is_dev(a)
+        np.testing.assert_allclose(_host(a), b, **_tol(dtype))
+
+
 # ----------------------------------------------------------------------------- element-wise
 def _layouts(rng, shape, dtype):
     a = rng.standard_normal(shape).astype(dtype)
@@ -137,6 +171,21 @@ def test_matmul_matches_numpy(rng, dtype, shapes, ta, tb):
     out = K.matmul(_dev(a), _dev(b), transpose_a=ta, transpose_b=tb)
     assert _is_dev(out) and out.shape == (m, n)
     np.testing.assert_allclose(_host(out), K.matmul(a, b, transpose_a=ta, transpose_b=tb), **_tol(dtype))
+
+
+@settings(max_examples=15, deadline=None)
+@given(m=st.integers(0, 9), k=st.integers(0, 9), n=st.integers(0, 9), f32=st.booleans(),
+       order=st.sampled_from("CF"), seed=st.integers(0, 2**16))
+def test_dense_linear_hypothesis_through_functional(m, k, n, f32, order, seed):
+    dtype = np.float32 if f32 else np.float64
+    rng = np.random.default_rng(seed)
+    x = np.asarray(rng.standard_normal((m, k)), dtype=dtype, order=order)
+    w = rng.standard_normal((n, k)).astype(dtype)
+    b = rng.standard_normal(n).astype(dtype)
+    np.testing.assert_allclose(_host(F.linear(_dev(x), _dev(w), _dev(b))), F.linear(x, w, b), **_tol(dtype))
+    g = rng.standard_normal((m, n)).astype(dtype)
+    for a, h in zip(F.linear_backward(_dev(g), _dev(x), _dev(w)), F.linear_backward(g, x, w)):
+        np.testing.assert_allclose(_host(a), h, **_tol(dtype))
 
 
 def test_contiguous_and_copy(rng):
