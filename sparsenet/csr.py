@@ -273,6 +273,7 @@ class CSRMatrix:
 
         ``full=False`` runs the O(1) checks only.  Unlike the constructor, unsorted rows raise.
         """
+        self._require_host("check")
         CSRMatrix(self.data, self.indices, self.indptr, self._shape, check=False)
         if full:
             _check_monotone(self.indptr)
@@ -318,12 +319,19 @@ class CSRMatrix:
         move = _cuda_kernels.to_device if device == "cuda" else _cuda_kernels.to_host
         return CSRMatrix._from_canonical(move(self.data), move(self.indices), move(self.indptr), self._shape)
 
+    def _require_host(self, method):
+        """Host-only methods refuse device arrays rather than copying them to the host silently."""
+        if self.device != "cpu":
+            raise NotImplementedError(f"CSRMatrix.{method} needs host arrays; call .to('cpu') first")
+
     def copy(self):
-        """Deep copy."""
-        return CSRMatrix._from_canonical(self.data.copy(), self.indices.copy(), self.indptr.copy(), self._shape)
+        """Deep copy, on the same device."""
+        return CSRMatrix._from_canonical(kernels.copy(self.data), kernels.copy(self.indices),
+                                         kernels.copy(self.indptr), self._shape)
 
     def astype(self, dtype):
         """Copy with ``data`` cast to float32 or float64."""
+        self._require_host("astype")
         dtype = float_dtype(dtype)
         return CSRMatrix._from_canonical(
             self.data.astype(dtype), self.indices.copy(), self.indptr.copy(), self._shape
@@ -331,11 +339,13 @@ class CSRMatrix:
 
     def transpose(self):
         """The (n_cols, n_rows) transpose, canonical, as a new matrix.  O(nnz + n_rows + n_cols)."""
+        self._require_host("transpose")
         indptr_t, indices_t, perm = kernels.csr_transpose(self._shape[1], self.indptr, self.indices)
         return CSRMatrix._from_canonical(self.data[perm], indices_t, indptr_t, self._shape[::-1])
 
     def to_scipy(self, *, copy=True):
         """As a ``scipy.sparse.csr_array`` (sharing memory with this matrix when ``copy=False``)."""
+        self._require_host("to_scipy")
         arrays = (self.data, self.indices, self.indptr)
         if copy:
             arrays = tuple(a.copy() for a in arrays)
@@ -345,6 +355,7 @@ class CSRMatrix:
 
     def to_dense(self):
         """As a dense (n_rows, n_cols) ndarray of the same dtype."""
+        self._require_host("to_dense")
         return self.to_scipy(copy=False).toarray()
 
     def __repr__(self):

@@ -775,9 +775,9 @@ def accumulate_metrics(acc, loss, batch, logits=None, target=None):
     has_target = target is not None
     if has_target:
         logits, target = as_device_array(logits, "logits"), as_device_array(target, "target")
-    else:  # placeholders of the right types: the kernel does not read them
-        logits = empty((0, 1), loss.dtype)
-        target = empty((0,), np.int64)
+    else:  # placeholders of the right types (one element: no zero-byte allocation); not read
+        logits = empty((1, 1), loss.dtype)
+        target = empty((1,), np.int64)
     _one_block(_ops().accumulate_metrics, loss, int(batch), logits, target, has_target, acc)
     return acc
 

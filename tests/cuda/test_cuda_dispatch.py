@@ -58,3 +58,16 @@ def test_host_only_pattern_ops_refuse_device_arrays(rng):
                  lambda: K.csr_lookup(w.indptr, w.indices, np.zeros(1), np.zeros(1))):
         with pytest.raises(NotImplementedError, match="no CUDA kernel"):
             call()
+
+
+def test_csr_matrix_host_only_methods_refuse_device_arrays(rng):
+    w = CSRMatrix.random((4, 3), 0.5, rng=rng, dtype=np.float32)
+    wd = w.to("cuda")
+    for method in ("to_dense", "to_scipy", "check", "transpose"):
+        with pytest.raises(NotImplementedError, match=f"CSRMatrix.{method} needs host arrays"):
+            getattr(wd, method)()
+    with pytest.raises(NotImplementedError, match="astype"):
+        wd.astype(np.float64)
+    copy = wd.copy()
+    assert copy.device == "cuda" and copy.data is not wd.data
+    np.testing.assert_array_equal(copy.to("cpu").to_dense(), w.to_dense())
