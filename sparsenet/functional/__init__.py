@@ -6,6 +6,12 @@ Outputs keep the inputs' dtype (float32 stays float32); mixing float32 and float
 Outputs of the sparse ops are returned *F-ordered* (batch index fastest) when 2-D: that is the
 layout the kernels compute in, and feeding such an array to the next sparse layer costs no copy.
 Use ``np.ascontiguousarray`` if C order matters to you.
+
+CUDA device arrays (numba device arrays, or CuPy/torch CUDA tensors through
+``__cuda_array_interface__``; a :class:`~sparsenet.CSRMatrix` moved with ``.to("cuda")``) run the
+same ops in CUDA kernels and come back as device arrays; losses then return a (1,) device array.
+Mixing host and device arguments raises ``ValueError``; the locally connected layer has no
+CUDA kernel and raises ``NotImplementedError`` rather than copying to the host.
 """
 from .linear import linear, linear_backward, sparse_linear, sparse_linear_backward
 
