@@ -429,7 +429,8 @@ def sparse_conv2d_backward(g, x, indptr, indices, data, kernel, stride, padding,
 
 def local2d(x, weight, bias, kernel, stride, padding):
     """Locally connected layer: weight (OH, OW, O, C*KH*KW), bias (O, OH, OW) or None."""
-    require_host("local2d", x, weight)
+    if _on_cuda(x=x, weight=weight, bias=bias):
+        return _gpu().local2d(x, weight, bias, kernel, stride, padding)
     n = x.shape[0]
     out_h, out_w, o, k = weight.shape
     xp = _pad(x, padding)
@@ -443,7 +444,8 @@ def local2d(x, weight, bias, kernel, stride, padding):
 
 def local2d_backward(g, x, weight, kernel, stride, padding, need_input=True, need_weight=True):
     """(grad_x or None, grad_weight or None) of :func:`local2d`."""
-    require_host("local2d_backward", g, x, weight)
+    if _on_cuda(g=g, x=x, weight=weight):
+        return _gpu().local2d_backward(g, x, weight, kernel, stride, padding, need_input, need_weight)
     n, c, h, w = x.shape
     out_h, out_w, o, k = weight.shape
     g = np.ascontiguousarray(g)
@@ -798,6 +800,78 @@ def mse_loss_backward(x, t, grad_out=1.0):
     if _on_cuda(input=x, target=t):
         return _gpu().mse_loss_backward(x, t, 2.0 * grad_out / x.size)
     return (x - t) * x.dtype.type(2.0 * grad_out / x.size)
+
+
+# Batch normalisation, the input viewed as (N, C, S): S = 1, L or H*W.
+__all__ += ["channel_moments", "batch_norm_running_", "batch_norm_apply", "batch_norm_backward"]
+
+
+def channel_moments(x3):
+    """(mean, biased variance) per channel over the N and S axes of (N, C, S)."""
+    if _on_cuda(x=x3):
+        return _gpu().channel_moments(x3)
+    return x3.mean(axis=(0, 2)), x3.var(axis=(0, 2))
+
+
+def batch_norm_running_(running_mean, running_var, mean, var, momentum, unbias):
+    """In place: ``running = (1 - momentum) running + momentum batch``, the variance times ``unbias``."""
+    if _on_cuda(running_mean=running_mean, running_var=running_var, mean=mean, var=var):
+        return _gpu().batch_norm_running_(running_mean, running_var, mean, var, momentum, unbias)
+    running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+    running_var[...] = (1 - momentum) * running_var + momentum * var * unbias
+
+
+def batch_norm_apply(x3, mean, var, eps, weight=None, bias=None):
+    """``(y, xhat, invstd)``: ``xhat = (x - mean) / sqrt(var + eps)``, ``y = xhat weight + bias``."""
+    if _on_cuda(x=x3, mean=mean, var=var, weight=weight, bias=bias):
+        return _gpu().batch_norm_apply(x3, mean, var, eps, weight, bias)
+    invstd = (1.0 / np.sqrt(var + eps)).astype(x3.dtype)
+    xhat = (x3 - mean[:, None]) * invstd[:, None]
+    y = xhat * weight[:, None] + bias[:, None] if weight is not None else xhat
+    return y.astype(x3.dtype, copy=False), xhat, invstd
+
+
+def batch_norm_backward(g3, xhat3, invstd, weight=None, use_batch=True):
+    """``(grad_x, sum(g xhat), sum(g))`` per channel; with ``use_batch`` the statistics' own
+    gradient is included (training mode), else they are constants (running statistics)."""
+    if _on_cuda(g=g3, xhat=xhat3, invstd=invstd, weight=weight):
+        return _gpu().batch_norm_backward(g3, xhat3, invstd, weight, use_batch)
+    sum_gx, sum_g = np.sum(g3 * xhat3, axis=(0, 2)), np.sum(g3, axis=(0, 2))
+    if weight is not None:
+        g3 = g3 * weight[:, None]
+    if use_batch:
+        mean_g = np.mean(g3, axis=(0, 2))[:, None]
+        mean_gx = np.mean(g3 * xhat3, axis=(0, 2))[:, None]
+        g3 = g3 - mean_g - xhat3 * mean_gx
+    return (g3 * invstd[:, None]).astype(xhat3.dtype, copy=False), sum_gx, sum_g
+
+
+__all__ += ["softmax", "softmax_backward"]
+
+
+def softmax(x, axis=-1):
+    """Softmax along ``axis``, the maximum subtracted first.  On the device: the last axis only."""
+    if _on_cuda(x=x):
+        shape = tuple(x.shape)
+        if axis not in (-1, len(shape) - 1):
+            raise NotImplementedError(f"softmax on CUDA runs along the last axis only; got axis={axis}")
+        kc = _gpu()
+        return kc.softmax_rows(kc.contiguous(x).reshape(-1, shape[-1])).reshape(shape)
+    z = x - np.max(x, axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def softmax_backward(y, g, axis=-1):
+    """``y * (g - sum(g y, axis))``: the gradient of :func:`softmax` given its output ``y``."""
+    if _on_cuda(y=y, g=g):
+        shape = tuple(y.shape)
+        if axis not in (-1, len(shape) - 1):
+            raise NotImplementedError(f"softmax on CUDA runs along the last axis only; got axis={axis}")
+        kc = _gpu()
+        flat = (-1, shape[-1])
+        return kc.softmax_rows_backward(kc.contiguous(y).reshape(flat), kc.contiguous(g).reshape(flat)).reshape(shape)
+    return y * (g - np.sum(g * y, axis=axis, keepdims=True))
 
 
 __all__ += ["metrics_accumulator", "accumulate_metrics"]

@@ -526,17 +526,42 @@ def sparse_conv2d_backward(g, x, indptr, indices, data, kernel, stride, padding,
     return grad_x, grad_w
 
 
-def _missing(name):
-    def fn(*args, **kwargs):
-        raise NotImplementedError(f"{name} has no CUDA kernel yet; move the arrays to the host with .to('cpu')")
+def _local_launch(kernel, total, *args):
+    conv = _conv()
+    if total == 0:
+        return
+    blocks = min(math.ceil(total / conv.LOCAL_THREADS), conv.LOCAL_MAX_BLOCKS)
+    kernel[blocks, conv.LOCAL_THREADS](*args)
 
-    fn.__name__ = name
-    fn.__doc__ = "Not implemented on CUDA yet: raises NotImplementedError (never a silent host copy)."
-    return fn
+
+def local2d(x, weight, bias, kernel, stride, padding):
+    """Locally connected layer on the device: weight (OH, OW, O, C*KH*KW), bias (O, OH, OW) or None."""
+    conv = _conv()
+    x = _nchw(x, "x")
+    weight = as_device_array(weight, "weight")
+    _same_dtype(x=x, weight=weight)
+    out_h, out_w, o, _ = weight.shape
+    out = empty((x.shape[0], o, out_h, out_w), x.dtype)
+    bias = zeros((o, out_h, out_w), x.dtype) if bias is None else as_device_array(bias, "bias")
+    _local_launch(conv.local2d_fwd, out.size, x, weight, bias, *kernel, *stride, *padding, out)
+    return out
 
 
-local2d = _missing("local2d")
-local2d_backward = _missing("local2d_backward")
+def local2d_backward(g, x, weight, kernel, stride, padding, need_input=True, need_weight=True):
+    """(grad_x or None, grad_weight or None) of :func:`local2d`, on the device."""
+    conv = _conv()
+    g, x = _nchw(g, "g"), _nchw(x, "x")
+    weight = as_device_array(weight, "weight")
+    _same_dtype(g=g, x=x, weight=weight)
+    grad_x = grad_w = None
+    if need_input:
+        grad_x = empty(x.shape, x.dtype)
+        _local_launch(conv.local2d_grad_input, grad_x.size, g, weight, *kernel, *stride, *padding, grad_x)
+    if need_weight:
+        grad_w = empty(weight.shape, x.dtype)
+        _local_launch(conv.local2d_grad_weight, grad_w.size, g, x, *kernel, *stride, *padding, grad_w)
+    return grad_x, grad_w
+
 
 __all__ += [
     "conv2d", "conv2d_backward", "conv2d_grad_bias", "max_pool2d", "max_pool2d_backward",
@@ -763,6 +788,81 @@ def mse_loss_backward(x, t, scale):
     return out
 
 
+def _per_channel(kernel, n_channels, *args):
+    if n_channels:
+        kernel[(n_channels,), (_ops().RED_THREADS,)](*args)  # one block per channel
+
+
+def channel_moments(x3):
+    """(mean, biased variance) per channel of a device array viewed as (N, C, S)."""
+    x3 = as_device_array(x3, "x")
+    mean, var = empty((x3.shape[1],), x3.dtype), empty((x3.shape[1],), x3.dtype)
+    _per_channel(_ops().channel_moments, x3.shape[1], x3, mean, var)
+    return mean, var
+
+
+def batch_norm_running_(running_mean, running_var, mean, var, momentum, unbias):
+    """In place: running = (1 - momentum) running + momentum batch (variance times ``unbias``)."""
+    running_mean, running_var = as_device_array(running_mean, "running_mean"), as_device_array(running_var, "running_var")
+    n = running_mean.shape[0]
+    if n:
+        _ops().batch_norm_running[_grid(n)](mean, var, float(momentum), 1.0 - float(momentum), float(unbias),
+                                           running_mean, running_var)
+
+
+def batch_norm_apply(x3, mean, var, eps, weight, bias):
+    """(y, xhat, invstd) of batch normalisation with the given statistics; (N, C, S) C-ordered."""
+    x3 = contiguous(x3, "x")
+    _same_dtype(x=x3, mean=as_device_array(mean, "mean"), var=as_device_array(var, "var"))
+    n_c = x3.shape[1]
+    affine = weight is not None
+    if not affine:  # placeholders of the right type, not read
+        weight = bias = empty((max(n_c, 1),), x3.dtype)
+    xhat, y, invstd = empty(x3.shape, x3.dtype), empty(x3.shape, x3.dtype), empty((n_c,), x3.dtype)
+    if x3.size or n_c:
+        _ops().batch_norm_apply[_grid(max(x3.size, n_c))](x3, mean, var, float(eps), weight, bias, affine,
+                                                          xhat, invstd, y)
+    return y, xhat, invstd
+
+
+def batch_norm_backward(g3, xhat3, invstd, weight, use_batch):
+    """(grad_x, sum(g xhat), sum(g)) per channel, the last two being the weight and bias grads."""
+    g3 = contiguous(g3, "grad_out")
+    _same_dtype(grad_out=g3, xhat=xhat3)
+    n_c = g3.shape[1]
+    sum_g, sum_gx = empty((n_c,), g3.dtype), empty((n_c,), g3.dtype)
+    _per_channel(_ops().batch_norm_grad_sums, n_c, g3, xhat3, sum_g, sum_gx)
+    affine = weight is not None
+    if not affine:
+        weight = empty((max(n_c, 1),), g3.dtype)
+    gx = empty(g3.shape, g3.dtype)
+    m = g3.shape[0] * g3.shape[2]
+    if gx.size:
+        _ops().batch_norm_grad_input[_grid(gx.size)](g3, xhat3, invstd, weight, affine, sum_g, sum_gx,
+                                                     bool(use_batch), 1.0 / max(m, 1), gx)
+    return gx, sum_gx, sum_g
+
+
+def softmax_rows(x2):
+    """Row-wise softmax of a (R, K) device array (K >= 1); C-ordered result."""
+    x2 = as_device_array(x2, "x")
+    out = empty(x2.shape, x2.dtype)
+    if x2.shape[0] and x2.shape[1]:
+        _ops().softmax_rows[_grid(x2.shape[0])](x2, out)
+    return out
+
+
+def softmax_rows_backward(y2, g2):
+    """``y * (g - sum(g y))`` row-wise for (R, K) device arrays; C-ordered result."""
+    y2 = as_device_array(y2, "y")
+    g2 = as_device_array(g2, "grad_out")
+    _same_dtype(y=y2, grad_out=g2)
+    out = empty(y2.shape, y2.dtype)
+    if y2.shape[0] and y2.shape[1]:
+        _ops().softmax_rows_backward[_grid(y2.shape[0])](y2, g2, out)
+    return out
+
+
 def metrics_accumulator():
     """A zeroed (3,) float64 device array: running [sum of loss * batch, correct, samples]."""
     return zeros((3,), np.float64)
@@ -785,5 +885,6 @@ def accumulate_metrics(acc, loss, batch, logits=None, target=None):
 __all__ += [
     "contiguous", "copy", "activation", "activation_backward", "scaled_mul", "add_", "bias_add_",
     "batch_sum", "matmul", "transpose", "cross_entropy", "cross_entropy_backward", "mse_loss",
-    "mse_loss_backward", "metrics_accumulator", "accumulate_metrics",
+    "mse_loss_backward", "metrics_accumulator", "accumulate_metrics", "channel_moments",
+    "batch_norm_running_", "batch_norm_apply", "batch_norm_backward", "softmax_rows", "softmax_rows_backward",
 ]

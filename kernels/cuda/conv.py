@@ -349,3 +349,113 @@ def sparse_conv2d_grad_weight(g, x, indptr, indices, groups, kh, kw, sh, sw, ph,
         half //= 2
     if tid == 0:
         gw[k] = red[0]
+
+
+# --------------------------------------------------------------------------- locally connected
+# One filter per output position: weight (OH, OW, O, K), K = C*KH*KW flattened (c, p, q).  Each
+# kernel is a grid-stride loop with one thread per output element and no shared data (nothing is
+# reused across a block the way a shared filter is), threads consecutive along the fastest
+# output axis.  Every element has one writer; sums run in a fixed order.
+#
+# ==========================  ====================  ==========================================
+# kernel                      block                 grid
+# ==========================  ====================  ==========================================
+# local2d_fwd                 (LOCAL_THREADS,)      min(ceil(N*O*OH*OW / LOCAL_THREADS), LOCAL_MAX_BLOCKS)
+# local2d_grad_input          (LOCAL_THREADS,)      min(ceil(N*C*H*W / LOCAL_THREADS), LOCAL_MAX_BLOCKS)
+# local2d_grad_weight         (LOCAL_THREADS,)      min(ceil(OH*OW*O*K / LOCAL_THREADS), LOCAL_MAX_BLOCKS)
+# ==========================  ====================  ==========================================
+LOCAL_THREADS = 256
+LOCAL_MAX_BLOCKS = 16384
+
+
+@cuda.jit
+def local2d_fwd(x, weight, bias, kh, kw, sh, sw, ph, pw, out):
+    """out[n, o, r, j] = bias[o, r, j] + sum_{c, p, q} weight[r, j, o, (c, p, q)] *
+    x[n, c, r*sh - ph + p, j*sw - pw + q] (taps in the padding add nothing).
+
+    x (N, C, H, W); weight (OH, OW, O, K); bias (O, OH, OW); out (N, O, OH, OW) overwritten.
+    """
+    n_c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    n_o, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
+    taps = kh * kw
+    total = out.shape[0] * n_o * out_h * out_w
+    for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
+        j = idx % out_w
+        t = idx // out_w
+        r = t % out_h
+        t //= out_h
+        o = t % n_o
+        n = t // n_o
+        acc = bias[o, r, j]
+        for c in range(n_c):
+            for p in range(kh):
+                a = r * sh - ph + p
+                if a >= 0 and a < h:
+                    for q in range(kw):
+                        b = j * sw - pw + q
+                        if b >= 0 and b < w:
+                            acc += weight[r, j, o, c * taps + p * kw + q] * x[n, c, a, b]
+        out[n, o, r, j] = acc
+
+
+@cuda.jit
+def local2d_grad_input(g, weight, kh, kw, sh, sw, ph, pw, gx):
+    """gx[n, c, a, b] = sum over the positions (r, j) whose window covers (a, b) at tap (p, q)
+    (a = r*sh - ph + p, b = j*sw - pw + q) and over o of weight[r, j, o, (c, p, q)] * g[n, o, r, j].
+
+    g (N, O, OH, OW); weight (OH, OW, O, K); gx (N, C, H, W) overwritten.
+    """
+    n_c, h, w = gx.shape[1], gx.shape[2], gx.shape[3]
+    n_o, out_h, out_w = g.shape[1], g.shape[2], g.shape[3]
+    taps = kh * kw
+    total = gx.shape[0] * n_c * h * w
+    for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
+        b = idx % w
+        t = idx // w
+        a = t % h
+        t //= h
+        c = t % n_c
+        n = t // n_c
+        acc = gx.dtype.type(0)
+        for p in range(kh):
+            tr = a + ph - p
+            if tr >= 0 and tr % sh == 0 and tr // sh < out_h:
+                r = tr // sh
+                for q in range(kw):
+                    tj = b + pw - q
+                    if tj >= 0 and tj % sw == 0 and tj // sw < out_w:
+                        j = tj // sw
+                        k = c * taps + p * kw + q
+                        for o in range(n_o):
+                            acc += weight[r, j, o, k] * g[n, o, r, j]
+        gx[n, c, a, b] = acc
+
+
+@cuda.jit
+def local2d_grad_weight(g, x, kh, kw, sh, sw, ph, pw, gw):
+    """gw[r, j, o, (c, p, q)] = sum_n g[n, o, r, j] * x[n, c, r*sh - ph + p, j*sw - pw + q].
+
+    g (N, O, OH, OW); x (N, C, H, W); gw (OH, OW, O, K) overwritten (zero for padding taps).
+    Threads run along K, the fastest axis of gw: stores are coalesced.
+    """
+    h, w = x.shape[2], x.shape[3]
+    out_h, out_w, n_o, n_k = gw.shape[0], gw.shape[1], gw.shape[2], gw.shape[3]
+    taps = kh * kw
+    total = out_h * out_w * n_o * n_k
+    for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
+        k = idx % n_k
+        t = idx // n_k
+        o = t % n_o
+        t //= n_o
+        j = t % out_w
+        r = t // out_w
+        c = k // taps
+        pq = k - c * taps
+        p = pq // kw
+        a = r * sh - ph + p
+        b = j * sw - pw + (pq - p * kw)
+        acc = gw.dtype.type(0)
+        if a >= 0 and a < h and b >= 0 and b < w:
+            for n in range(x.shape[0]):
+                acc += g[n, o, r, j] * x[n, c, a, b]
+        gw[r, j, o, k] = acc

@@ -302,3 +302,156 @@ def accumulate_metrics(loss, batch, logits, target, has_target, acc):
         acc[0] += acc.dtype.type(loss[0]) * acc.dtype.type(batch)
         acc[1] += red[0]
         acc[2] += acc.dtype.type(batch)
+
+
+# ----------------------------------------------------------------------------- batch norm
+# x is viewed as (N, C, S): S = 1 for (N, C), L for (N, C, L), H*W for (N, C, H, W).
+@cuda.jit
+def channel_moments(x, mean, var):
+    """mean[c], var[c] (biased) over (n, s) of x (N, C, S): one block per channel, two passes
+    (mean, then squared deviations: no cancellation), fixed tree reductions."""
+    red = cuda.shared.array(RED_THREADS, dtype=mean.dtype)
+    c = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    n_s = x.shape[2]
+    total = x.shape[0] * n_s
+    acc = mean.dtype.type(0)
+    for idx in range(tid, total, RED_THREADS):
+        n = idx // n_s
+        acc += x[n, c, idx - n * n_s]
+    red[tid] = acc
+    cuda.syncthreads()
+    half = RED_THREADS // 2
+    while half > 0:
+        if tid < half:
+            red[tid] += red[tid + half]
+        cuda.syncthreads()
+        half //= 2
+    m = red[0] / mean.dtype.type(total)
+    cuda.syncthreads()  # every thread has read red[0] before it is overwritten
+    acc = mean.dtype.type(0)
+    for idx in range(tid, total, RED_THREADS):
+        n = idx // n_s
+        d = x[n, c, idx - n * n_s] - m
+        acc += d * d
+    red[tid] = acc
+    cuda.syncthreads()
+    half = RED_THREADS // 2
+    while half > 0:
+        if tid < half:
+            red[tid] += red[tid + half]
+        cuda.syncthreads()
+        half //= 2
+    if tid == 0:
+        mean[c] = m
+        var[c] = red[0] / var.dtype.type(total)
+
+
+@cuda.jit
+def batch_norm_running(mean, var, momentum, keep, unbias, running_mean, running_var):
+    """running = keep running + momentum batch (keep = 1 - momentum, computed by the caller in
+    float64 as the host does), the variance unbiased by ``unbias`` = M / (M - 1)."""
+    m = running_mean.dtype.type(momentum)
+    keep = running_mean.dtype.type(keep)
+    u = running_var.dtype.type(unbias)
+    for c in range(cuda.grid(1), mean.shape[0], cuda.gridsize(1)):
+        running_mean[c] = keep * running_mean[c] + m * mean[c]
+        running_var[c] = keep * running_var[c] + m * var[c] * u
+
+
+@cuda.jit
+def batch_norm_apply(x, mean, var, eps, weight, bias, affine, xhat, invstd, y):
+    """invstd[c] = 1/sqrt(var[c] + eps); xhat = (x - mean[c]) invstd[c]; y = xhat weight[c] + bias[c]
+    (y = xhat when not ``affine``).  x, xhat, y (N, C, S); the rest (C,)."""
+    e = x.dtype.type(eps)
+    one = x.dtype.type(1)
+    n_c, n_s = x.shape[1], x.shape[2]
+    for c in range(cuda.grid(1), n_c, cuda.gridsize(1)):
+        invstd[c] = one / math.sqrt(var[c] + e)
+    for idx in range(cuda.grid(1), x.shape[0] * n_c * n_s, cuda.gridsize(1)):
+        s = idx % n_s
+        t = idx // n_s
+        c = t % n_c
+        n = t // n_c
+        v = (x[n, c, s] - mean[c]) * (one / math.sqrt(var[c] + e))
+        xhat[n, c, s] = v
+        y[n, c, s] = v * weight[c] + bias[c] if affine else v
+
+
+@cuda.jit
+def batch_norm_grad_sums(g, xhat, sum_g, sum_gx):
+    """sum_g[c] = sum g[:, c, :], sum_gx[c] = sum (g xhat)[:, c, :]: one block per channel."""
+    red = cuda.shared.array(RED_THREADS, dtype=sum_g.dtype)
+    red2 = cuda.shared.array(RED_THREADS, dtype=sum_g.dtype)
+    c = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    n_s = g.shape[2]
+    a = sum_g.dtype.type(0)
+    b = sum_g.dtype.type(0)
+    for idx in range(tid, g.shape[0] * n_s, RED_THREADS):
+        n = idx // n_s
+        v = g[n, c, idx - n * n_s]
+        a += v
+        b += v * xhat[n, c, idx - n * n_s]
+    red[tid] = a
+    red2[tid] = b
+    cuda.syncthreads()
+    half = RED_THREADS // 2
+    while half > 0:
+        if tid < half:
+            red[tid] += red[tid + half]
+            red2[tid] += red2[tid + half]
+        cuda.syncthreads()
+        half //= 2
+    if tid == 0:
+        sum_g[c] = red[0]
+        sum_gx[c] = red2[0]
+
+
+@cuda.jit
+def batch_norm_grad_input(g, xhat, invstd, weight, affine, sum_g, sum_gx, use_batch, inv_m, gx):
+    """gx = w (g - sum_g/M - xhat sum_gx/M) invstd with batch statistics (inv_m = 1/M, M = N*S),
+    or w g invstd with running ones; w = weight[c] (1 when not ``affine``).  (N, C, S) arrays."""
+    n_c, n_s = g.shape[1], g.shape[2]
+    inv_m = gx.dtype.type(inv_m)
+    for idx in range(cuda.grid(1), g.shape[0] * n_c * n_s, cuda.gridsize(1)):
+        s = idx % n_s
+        t = idx // n_s
+        c = t % n_c
+        n = t // n_c
+        w = weight[c] if affine else gx.dtype.type(1)
+        v = g[n, c, s]
+        if use_batch:
+            v = v - sum_g[c] * inv_m - xhat[n, c, s] * (sum_gx[c] * inv_m)
+        gx[n, c, s] = w * v * invstd[c]
+
+
+# ----------------------------------------------------------------------------- softmax
+@cuda.jit
+def softmax_rows(x, out):
+    """out[i] = softmax(x[i]) over the last axis of (R, K): a thread per row, the row maximum
+    subtracted first (no overflow).  Lanes on consecutive rows."""
+    n_k = x.shape[1]
+    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        m = x[i, 0]
+        for k in range(1, n_k):
+            m = max(m, x[i, k])
+        s = out.dtype.type(0)
+        for k in range(n_k):
+            e = math.exp(x[i, k] - m)
+            out[i, k] = e
+            s += e
+        for k in range(n_k):
+            out[i, k] /= s
+
+
+@cuda.jit
+def softmax_rows_backward(y, g, out):
+    """out[i] = y[i] * (g[i] - <g[i], y[i]>) for (R, K) arrays: the softmax Jacobian times g."""
+    n_k = y.shape[1]
+    for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
+        d = out.dtype.type(0)
+        for k in range(n_k):
+            d += g[i, k] * y[i, k]
+        for k in range(n_k):
+            out[i, k] = y[i, k] * (g[i, k] - d)

@@ -10,8 +10,8 @@ Use ``np.ascontiguousarray`` if C order matters to you.
 CUDA device arrays (numba device arrays, or CuPy/torch CUDA tensors through
 ``__cuda_array_interface__``; a :class:`~sparsenet.CSRMatrix` moved with ``.to("cuda")``) run the
 same ops in CUDA kernels and come back as device arrays; losses then return a (1,) device array.
-Mixing host and device arguments raises ``ValueError``; the locally connected layer has no
-CUDA kernel and raises ``NotImplementedError`` rather than copying to the host.
+Mixing host and device arguments raises ``ValueError``; nothing is copied to the host behind
+your back.
 """
 from .linear import linear, linear_backward, sparse_linear, sparse_linear_backward
 

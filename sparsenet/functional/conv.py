@@ -386,4 +386,5 @@ def locally_connected2d_backward(grad_out, x, weight, stride=1, padding=0):
     x, flat, kernel, stride, padding, out_hw = _check_local(x, weight, stride, padding)
     g = _check_grad_out(grad_out, (x.shape[0], flat.shape[2]) + out_hw, flat.dtype)
     grad_x, grad_w = kernels.local2d_backward(g, x, flat, kernel, stride, padding)
-    return grad_x, grad_w.reshape(np.shape(weight)), g.sum(axis=0)
+    grad_b = kernels.batch_sum(g.reshape(g.shape[0], int(np.prod(g.shape[1:])))).reshape(g.shape[1:])
+    return grad_x, grad_w.reshape(tuple(np.shape(weight))), grad_b

@@ -114,17 +114,12 @@ class Sigmoid(Module):
         return kernels.activation_backward("sigmoid", y, _check_grad(grad_out, y.shape))
 
 
-def softmax(x, dim=-1):
-    """Numerically stable softmax along ``dim`` (the maximum is subtracted first)."""
-    z = x - np.max(x, axis=dim, keepdims=True)
-    e = np.exp(z)
-    return e / np.sum(e, axis=dim, keepdims=True)
-
-
 class Softmax(Module):
     """Softmax along ``dim`` (default the last).
 
     For classification train on logits with :class:`CrossEntropyLoss` instead: it is stabler.
+    On CUDA device arrays only ``dim`` = the last axis is implemented (others raise
+    ``NotImplementedError``).
 
     Examples
     --------
@@ -139,19 +134,19 @@ class Softmax(Module):
             raise TypeError(f"dim must be an integer; got {type(dim).__name__}")
         self.dim = int(dim)
 
+    _supports_cuda = True
+
     def forward(self, x):
         x = as_float_array(x, "x")
-        kernels.require_host("Softmax", x)
         if not -x.ndim <= self.dim < max(x.ndim, 1):
             raise ValueError(f"dim={self.dim} is out of range for an input of shape {x.shape}")
-        y = softmax(x, self.dim)
+        y = kernels.softmax(x, self.dim)
         self._save(y)
         return y
 
     def backward(self, grad_out):
         y = self._saved()
-        g = _check_grad(grad_out, y.shape)
-        return y * (g - np.sum(g * y, axis=self.dim, keepdims=True))
+        return kernels.softmax_backward(y, _check_grad(grad_out, y.shape), self.dim)
 
     def get_config(self):
         return {"dim": self.dim}

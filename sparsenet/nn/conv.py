@@ -221,6 +221,8 @@ class LocallyConnected2d(Module):
     ((4, 4, 2, 1, 3, 3), (1, 2, 4, 4))
     """
 
+    _supports_cuda = True
+
     def __init__(self, in_channels, out_channels, input_size, kernel_size, stride=1, padding=0, bias=True, *,
                  rng=None, dtype=np.float32):
         super().__init__()

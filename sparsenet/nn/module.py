@@ -391,7 +391,9 @@ class Module:
         for p in self.parameters():
             p.to(device)
         for _, owner, attr in self.named_buffers():
-            object.__setattr__(owner, attr, kernels.to_device(getattr(owner, attr), device))
+            buf = getattr(owner, attr)
+            if np.dtype(buf.dtype).kind == "f":  # counters (num_batches_tracked) stay host integers
+                object.__setattr__(owner, attr, kernels.to_device(buf, device))
         return self
 
     def _to_dtype(self, dtype):

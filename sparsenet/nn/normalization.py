@@ -35,9 +35,10 @@ class _BatchNorm(Module):
             self.register_buffer("running_var", np.ones(num_features, self.dtype))
             self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
 
+    _supports_cuda = True
+
     def _check_input(self, x):
         x = as_float_array(x, "x")
-        kernels.require_host(type(self).__name__, x)
         if x.ndim not in self._ndims or x.shape[1] != self.num_features:
             dims = " or ".join(f"{n}-D" for n in self._ndims)
             raise ValueError(
@@ -45,52 +46,52 @@ class _BatchNorm(Module):
             )
         return x
 
+    @staticmethod
+    def _as_ncs(a):
+        """(N, C, S) view (or copy) of an (N, C, *spatial) array: the kernels' one layout."""
+        shape = tuple(a.shape)
+        if kernels.on_device(a=a):
+            a = kernels.ascontiguous(a)  # device arrays reshape only when contiguous
+        return a.reshape(shape[0], shape[1], int(np.prod(shape[2:], dtype=np.int64)))
+
     def forward(self, x):
         x = self._check_input(x)
-        axes = (0,) + tuple(range(2, x.ndim))
-        bshape = (1, -1) + (1,) * (x.ndim - 2)
+        shape = tuple(x.shape)
+        x3 = self._as_ncs(x)
         use_batch = self.training or not self.track_running_stats
         if use_batch:
             n = x.size // self.num_features
             if n <= 1:
                 raise ValueError(
-                    f"expected more than 1 value per channel when training; got input shape {x.shape} "
+                    f"expected more than 1 value per channel when training; got input shape {shape} "
                     "(use a larger batch or call model.eval())"
                 )
-            mean = x.mean(axis=axes)
-            var = x.var(axis=axes)
+            mean, var = kernels.channel_moments(x3)
             if self.training and self.track_running_stats:
                 self.num_batches_tracked = self.num_batches_tracked + 1
                 m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
                 # PyTorch keeps the *unbiased* variance in the running estimate.
-                self.running_mean = ((1 - m) * self.running_mean + m * mean).astype(self.running_mean.dtype)
-                self.running_var = ((1 - m) * self.running_var + m * var * (n / (n - 1))).astype(
-                    self.running_var.dtype)
+                kernels.batch_norm_running_(self.running_mean, self.running_var, mean, var, m, n / (n - 1))
+        elif kernels.on_device(x=x):
+            mean, var = self.running_mean, self.running_var
         else:
             mean, var = self.running_mean.astype(x.dtype), self.running_var.astype(x.dtype)
-        invstd = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
-        xhat = (x - mean.reshape(bshape)) * invstd.reshape(bshape)
-        y = xhat * self.weight.data.reshape(bshape) + self.bias.data.reshape(bshape) if self.affine else xhat
-        self._save((xhat, invstd, use_batch))
-        return y.astype(x.dtype, copy=False)
+        y3, xhat3, invstd = kernels.batch_norm_apply(x3, mean, var, self.eps,
+                                                     *((self.weight.data, self.bias.data) if self.affine else ()))
+        self._save((xhat3, invstd, use_batch, shape))
+        return y3.reshape(shape)
 
     def backward(self, grad_out):
-        xhat, invstd, use_batch = self._saved()
+        xhat3, invstd, use_batch, shape = self._saved()
         g = as_float_array(grad_out, "grad_out")
-        if g.shape != xhat.shape:
-            raise ValueError(f"grad_out must have the output's shape {xhat.shape}; got {g.shape}")
-        axes = (0,) + tuple(range(2, g.ndim))
-        bshape = (1, -1) + (1,) * (g.ndim - 2)
+        if tuple(g.shape) != shape:
+            raise ValueError(f"grad_out must have the output's shape {shape}; got {tuple(g.shape)}")
+        grad_x, sum_gx, sum_g = kernels.batch_norm_backward(self._as_ncs(g), xhat3, invstd,
+                                                            self.weight.data if self.affine else None, use_batch)
         if self.affine:
-            self.weight.accumulate_grad(np.sum(g * xhat, axis=axes))
-            self.bias.accumulate_grad(np.sum(g, axis=axes))
-            g = g * self.weight.data.reshape(bshape)
-        if not use_batch:
-            return (g * invstd.reshape(bshape)).astype(xhat.dtype, copy=False)
-        mean_g = np.mean(g, axis=axes).reshape(bshape)
-        mean_gx = np.mean(g * xhat, axis=axes).reshape(bshape)
-        grad_x = (g - mean_g - xhat * mean_gx) * invstd.reshape(bshape)
-        return grad_x.astype(xhat.dtype, copy=False)
+            self.weight.accumulate_grad(sum_gx)
+            self.bias.accumulate_grad(sum_g)
+        return grad_x.reshape(shape)
 
     def get_config(self):
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,

@@ -111,6 +111,9 @@ def test_sparse_conv_and_training_step_kernels_compile(compile_ptx, fdt, idt):
         "sparse_conv2d_fwd": (conv.sparse_conv2d_fwd, (t4, ivec, ivec, vec) + (i,) * 9 + (vec, t4)),
         "sparse_conv2d_grad_input": (conv.sparse_conv2d_grad_input, (t4, ivec, ivec, ivec, vec) + (i,) * 9 + (t4,)),
         "sparse_conv2d_grad_weight": (conv.sparse_conv2d_grad_weight, (t4, t4, ivec, ivec) + (i,) * 9 + (vec,)),
+        "local2d_fwd": (conv.local2d_fwd, (t4, t4, f[:, :, ::1]) + (i,) * 6 + (t4,)),
+        "local2d_grad_input": (conv.local2d_grad_input, (t4, t4) + (i,) * 6 + (t4,)),
+        "local2d_grad_weight": (conv.local2d_grad_weight, (t4, t4) + (i,) * 6 + (t4,)),
         "activation_fwd": (ops.activation_fwd, (i, types.float64, vec, vec)),
         "activation_bwd": (ops.activation_bwd, (i, types.float64, vec, vec, vec)),
         "scaled_mul": (ops.scaled_mul, (vec, vec, types.float64, vec)),
@@ -124,6 +127,15 @@ def test_sparse_conv_and_training_step_kernels_compile(compile_ptx, fdt, idt):
         "cross_entropy_bwd": (ops.cross_entropy_bwd, (anym, tgt, types.float64, mat)),
         "mse_fwd": (ops.mse_fwd, (vec, vec, vec)),
         "mse_bwd": (ops.mse_bwd, (vec, vec, types.float64, vec)),
+        "channel_moments": (ops.channel_moments, (f[:, :, ::1], vec, vec)),
+        "batch_norm_running": (ops.batch_norm_running, (vec, vec) + (types.float64,) * 3 + (vec, vec)),
+        "batch_norm_apply": (ops.batch_norm_apply, (f[:, :, ::1], vec, vec, types.float64, vec, vec, types.boolean,
+                                                    f[:, :, ::1], vec, f[:, :, ::1])),
+        "batch_norm_grad_sums": (ops.batch_norm_grad_sums, (f[:, :, ::1], f[:, :, ::1], vec, vec)),
+        "batch_norm_grad_input": (ops.batch_norm_grad_input, (f[:, :, ::1], f[:, :, ::1], vec, vec, types.boolean,
+                                                              vec, vec, types.boolean, types.float64, f[:, :, ::1])),
+        "softmax_rows": (ops.softmax_rows, (anym, mat)),
+        "softmax_rows_backward": (ops.softmax_rows_backward, (anym, anym, mat)),
     }
     for name, (fn, sig) in sigs.items():
         ptx = compile_ptx(fn, sig)

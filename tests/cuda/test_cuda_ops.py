@@ -116,6 +116,36 @@ def test_sparse_conv2d_hypothesis_through_functional(n, cg, og, groups, h, w, kh
         np.testing.assert_allclose(_host(a), b, **_tol(dtype))
 
 
+# (N, C, H, W), O, kernel, stride, padding
+LOCAL_CASES = [
+    ((2, 2, 4, 5), 3, (2, 3), (1, 2), (1, 0)),
+    ((1, 1, 3, 3), 2, (3, 3), (1, 1), (1, 1)),
+    ((3, 2, 5, 4), 1, (1, 2), (2, 1), (0, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", LOCAL_CASES, ids=[f"case{i}" for i in range(len(LOCAL_CASES))])
+def test_locally_connected_matches_reference(rng, dtype, case):
+    x_shape, o, kernel, stride, padding = case
+    oh = (x_shape[2] + 2 * padding[0] - kernel[0]) // stride[0] + 1
+    ow = (x_shape[3] + 2 * padding[1] - kernel[1]) // stride[1] + 1
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal((oh, ow, o, x_shape[1], *kernel)).astype(dtype)
+    b = rng.standard_normal((o, oh, ow)).astype(dtype)
+    geo = dict(stride=stride, padding=padding)
+    y = F.locally_connected2d(_dev(x), _dev(w), _dev(b), **geo)
+    assert _is_dev(y)
+    np.testing.assert_allclose(_host(y), F.locally_connected2d(x, w, b, **geo), **_tol(dtype))
+    flat = w.reshape(oh, ow, o, -1)
+    np.testing.assert_allclose(_host(y), ref.local2d(x, flat, b, kernel, stride, padding), **_tol(dtype))
+    g = rng.standard_normal((x_shape[0], o, oh, ow)).astype(dtype)
+    for a, h in zip(F.locally_connected2d_backward(_dev(g), _dev(x), _dev(w), **geo),
+                    F.locally_connected2d_backward(g, x, w, **geo)):
+        assert _is_dev(a) and tuple(a.shape) == h.shape
+        np.testing.assert_allclose(_host(a), h, **_tol(dtype))
+
+
 # ----------------------------------------------------------------------------- element-wise
 def _layouts(rng, shape, dtype):
     a = rng.standard_normal(shape).astype(dtype)

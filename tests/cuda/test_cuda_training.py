@@ -27,6 +27,13 @@ def _host(a):
     return a.copy_to_host() if is_device_array(a) else np.asarray(a)
 
 
+def _bn_eval(cls, c, shape):
+    """A BatchNorm with non-trivial running statistics, in eval mode."""
+    layer = cls(c, dtype=F64)
+    layer(np.random.default_rng(7).standard_normal(shape) * 3 + 1)
+    return layer.eval()
+
+
 def _layer_cases():
     return [
         ("linear", lambda: nn.Linear(5, 4, rng=0, dtype=F64), (3, 5)),
@@ -34,6 +41,8 @@ def _layer_cases():
         ("conv", lambda: nn.Conv2d(2, 3, 3, stride=(1, 2), padding=1, rng=0, dtype=F64), (2, 2, 5, 4)),
         ("conv_groups", lambda: nn.Conv2d(4, 2, (2, 3), dilation=(2, 1), groups=2, rng=0, dtype=F64), (1, 4, 5, 5)),
         ("sparse_conv", lambda: nn.SparseConv2d(2, 3, 3, padding=1, density=0.4, rng=0, dtype=F64), (2, 2, 4, 5)),
+        ("local", lambda: nn.LocallyConnected2d(2, 3, (5, 4), (3, 2), stride=(1, 2), padding=(1, 0), rng=0,
+                                                dtype=F64), (2, 2, 5, 4)),
         ("max_pool", lambda: nn.MaxPool2d(2, stride=1), (1, 2, 4, 3)),
         ("avg_pool", lambda: nn.AvgPool2d(3, stride=2, padding=1), (2, 1, 5, 5)),
         ("relu", lambda: nn.ReLU(), (4, 3)),
@@ -42,6 +51,13 @@ def _layer_cases():
         ("sigmoid", lambda: nn.Sigmoid(), (4, 3)),
         ("dropout", lambda: nn.Dropout(0.4, rng=3), (6, 5)),
         ("flatten", lambda: nn.Flatten(), (2, 3, 2, 2)),
+        ("softmax", lambda: nn.Softmax(), (4, 5)),
+        ("softmax_3d", lambda: nn.Softmax(dim=2), (2, 3, 4)),
+        ("batchnorm1d", lambda: nn.BatchNorm1d(3, dtype=F64), (5, 3)),
+        ("batchnorm1d_3d", lambda: nn.BatchNorm1d(3, momentum=None, dtype=F64), (4, 3, 5)),
+        ("batchnorm2d", lambda: nn.BatchNorm2d(2, dtype=F64), (3, 2, 4, 3)),
+        ("batchnorm2d_no_affine", lambda: nn.BatchNorm2d(2, affine=False, dtype=F64), (3, 2, 2, 2)),
+        ("batchnorm2d_eval", lambda: _bn_eval(nn.BatchNorm2d, 2, (3, 2, 4, 3)), (3, 2, 4, 3)),
     ]
 
 
@@ -65,6 +81,9 @@ def test_layer_on_device_matches_host(rng, name, make, shape):
     for p, q in zip(host.parameters(), dev.parameters()):
         assert q.device == "cuda" and is_device_array(q.grad)
         np.testing.assert_allclose(_host(q.grad), p.grad, rtol=1e-12, atol=1e-12)
+    host_state, dev_state = host.state_dict(), dev.state_dict()  # BatchNorm's running statistics too
+    for key, value in host_state.items():
+        np.testing.assert_allclose(dev_state[key], value, rtol=1e-12, atol=1e-12, err_msg=key)
 
 
 def test_gradients_accumulate_on_device(rng):
@@ -95,11 +114,24 @@ def test_losses_on_device_match_host(rng):
         nn.CrossEntropyLoss()(_dev(logits), target)
 
 
+class _HostOnly(nn.Module):
+    """A user layer written with NumPy operations: it cannot run on device arrays."""
+
+    def forward(self, x):
+        return x * 2
+
+    def backward(self, grad_out):
+        return grad_out * 2
+
+
 def test_module_to_refuses_layers_without_cuda_and_moves_nothing():
-    model = nn.Sequential(nn.Linear(3, 3, rng=0), nn.BatchNorm1d(3), nn.Softmax())
-    with pytest.raises(NotImplementedError, match="BatchNorm1d, Softmax have no CUDA"):
+    model = nn.Sequential(nn.Linear(3, 3, rng=0), _HostOnly(), nn.BatchNorm1d(3))
+    with pytest.raises(NotImplementedError, match="_HostOnly has no CUDA implementation"):
         model.to("cuda")
     assert model.device == "cpu" and isinstance(model[0].weight.data, np.ndarray)
+    assert isinstance(model[2].running_mean, np.ndarray)
+    with pytest.raises(NotImplementedError, match="last axis only"):
+        nn.Softmax(dim=0)(_dev(np.ones((2, 3))))
     with pytest.raises(ValueError, match="device must be one of"):
         model.to("cuda:0")
 
