@@ -79,7 +79,15 @@ class Callback:
 
     ``on_batch_end``'s ``logs["loss"]`` is a float on the CPU and, when training on the GPU, the
     loss as a (1,) device array (reading it on the host costs a synchronisation per batch).
+
+    A callback that computes with NumPy on parameters, gradients or optimizer state sets
+    ``host_only = True`` (the sparsity methods do): when training on the GPU, the trainer then
+    moves the model and the optimizer state to the host around each of its hooks and back
+    afterwards, so it sees NumPy arrays (values are copied; unchanged sparsity patterns keep
+    their device arrays).  Callbacks that only read ``logs`` or call ``state_dict`` need nothing.
     """
+
+    host_only = False
 
     def on_train_begin(self, trainer):
         pass
@@ -314,8 +322,20 @@ class Trainer:
         return tqdm(total=total, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False, unit="batch")
 
     def _call(self, hook, *args):
-        for cb in self.callbacks:
-            getattr(cb, hook)(self, *args)
+        # One host round trip per hook, and only when a host-only callback really implements it.
+        needs_host = self.model.device == "cuda" and any(
+            getattr(cb, "host_only", False) and getattr(type(cb), hook, None) is not getattr(Callback, hook)
+            for cb in self.callbacks)
+        if needs_host:
+            self.model.to("cpu")
+            self.optimizer.to("cpu")
+        try:
+            for cb in self.callbacks:
+                getattr(cb, hook)(self, *args)
+        finally:
+            if needs_host:
+                self.model.to("cuda")
+                self.optimizer.to("cuda")
 
     def run(self):
         """Train from ``initial_epoch`` to ``epochs``; returns the :class:`History`."""

@@ -129,15 +129,35 @@ class Parameter:
         return device_of(self.data)
 
     def to(self, device):
-        """Move ``data`` (and ``grad``) to ``device`` in place; returns self.  Explicit copies."""
+        """Move ``data`` (and ``grad``) to ``device`` in place; returns self.  Explicit copies.
+
+        A round trip GPU -> CPU -> GPU that leaves the host object in place (values edited in
+        place, the sparsity pattern unchanged) returns to the *same* device arrays, only the
+        values being uploaded: the device pattern, and what is cached against it (the transposed
+        pattern of ``spmm_t``), survive a host-side callback.
+        """
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}; got {device!r}")
         if device == self.device:
             return self
-        if self.csr is not None:
-            self.csr = self.csr.to(device)
+        value = self.csr if self.csr is not None else self._data
+        twin = self.__dict__.get("_device_twin")
+        if device == "cpu":
+            moved = value.to("cpu") if self.csr is not None else kernels.to_host(value)
+            self._device_twin = (moved, value)  # host copy, device original
+        elif twin is not None and twin[0] is value:
+            moved = twin[1]
+            dst, src = (moved.data, value.data) if self.csr is not None else (moved, value)
+            if src.size:
+                dst.copy_to_device(src)
         else:
-            self._data = kernels.to_device(self._data, device)
+            moved = value.to("cuda") if self.csr is not None else kernels.to_device(value)
+        if device == "cuda":
+            self._device_twin = None
+        if self.csr is not None:
+            self.csr = moved
+        else:
+            self._data = moved
         if self.grad is not None:
             self.grad = kernels.to_device(self.grad, device)
         return self

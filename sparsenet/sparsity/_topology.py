@@ -341,15 +341,15 @@ class Recorder:
         x, g = self.x.get(id(layer)), self.g.get(id(layer))
         if x is None or g is None or np.shape(x)[0] != np.shape(g)[0]:
             return None
-        return np.asarray(x), np.asarray(g)
+        return kernels.to_host(x), kernels.to_host(g)  # recorded on the GPU: an explicit copy
 
     def get(self, layer):
         """(x, g) of the last batch as 2-D (batch, features) arrays, or None."""
         x, g = self.x.get(id(layer)), self.g.get(id(layer))
         if x is None or g is None:
             return None
-        x = np.asarray(x)
-        g = np.asarray(g)
+        x = kernels.to_host(x)
+        g = kernels.to_host(g)
         x, g = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
         return (x, g) if x.shape[0] == g.shape[0] else None
 

@@ -204,6 +204,8 @@ class GrowingNetwork(Callback):
         Per epoch: epoch, hidden units per layer, connections (total nnz), grown (bool), monitor value.
     """
 
+    host_only = True  # NumPy on parameters: the trainer brings the model to the host around its hooks
+
     def __init__(self, model, optimizer=None, *, monitor="val_accuracy", target=None, patience=1, min_delta=0.005,
                  units=4, connections=0.1, max_units=None, max_params=None, prune_below=None, relative=False, rng=None):
         self.model = check_model(model)

@@ -161,6 +161,8 @@ class MagnitudePruner(Callback):
 
     SCOPES = ("layer", "global")
 
+    host_only = True  # NumPy on parameters: the trainer brings the model to the host around its hooks
+
     def __init__(self, model, optimizer=None, *, scope="layer", layers=None, to_sparse_below=0.5):
         self.model = check_model(model)
         self.optimizer = optimizer
@@ -409,6 +411,8 @@ class GradualStructuredPruner(Callback):
     >>> model[0].out_features
     10
     """
+
+    host_only = True  # NumPy on parameters: the trainer brings the model to the host around its hooks
 
     def __init__(self, model, final_amount, optimizer=None, *, begin_step=0, end_step, frequency=100, norm=1):
         from .compact import unit_pairs

@@ -79,6 +79,8 @@ def group_soft_threshold(w, groups, n_groups, t, *, out=None):
 class _Prox(Callback):
     """Shared plumbing: the layers acted on, the step size, the callback hook."""
 
+    host_only = True  # NumPy on parameters: the trainer brings the model to the host around its hooks
+
     def __init__(self, model, optimizer, layers, lr):
         check_model(model)
         self.model = model

@@ -179,6 +179,8 @@ class RigL(Callback):
     True
     """
 
+    host_only = True  # NumPy on parameters: the trainer brings the model to the host around its hooks
+
     def __init__(self, model, optimizer=None, *, drop_fraction=0.3, update_every=100, end_step=None,
                  layers=None, tile_rows=None):
         self.model = check_model(model)

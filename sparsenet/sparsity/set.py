@@ -141,6 +141,8 @@ class SET(Callback):
     True
     """
 
+    host_only = True  # NumPy on parameters: the trainer brings the model to the host around its hooks
+
     def __init__(self, model, optimizer=None, *, zeta=0.3, update_every=None, layers=None, rng=None):
         self.model = check_model(model)
         self.optimizer = optimizer

@@ -10,7 +10,7 @@ import copy
 import numpy as np
 import pytest
 
-from sparsenet import CSRMatrix, io, nn, optim, train
+from sparsenet import CSRMatrix, io, nn, optim, sparsity, train
 from sparsenet.kernels.device import is_device_array
 
 pytestmark = pytest.mark.usefixtures("small_geometry")
@@ -270,3 +270,47 @@ def test_cli_trains_on_device(rng, tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "device cuda" in out and "epoch   2/2" in out and "test accuracy" in out
+
+
+def _sparse_model():
+    return nn.Sequential(nn.SparseLinear(6, 10, density=0.5, rng=0, dtype=F64), nn.ReLU(),
+                         nn.SparseLinear(10, 3, density=0.6, rng=1, dtype=F64))
+
+
+@pytest.mark.parametrize("make_cb", [
+    lambda m: sparsity.SET(m, zeta=0.3, rng=0),
+    lambda m: sparsity.RigL(m, drop_fraction=0.3, update_every=2),
+    lambda m: sparsity.GradualMagnitudePruner(m, 0.7, begin_step=1, end_step=5, frequency=2),
+    lambda m: sparsity.L1Prox(m, 1e-2),
+], ids=["set", "rigl", "gmp", "l1"])
+def test_sparsity_callbacks_train_on_device_like_on_host(rng, make_cb):
+    """Host-only callbacks run between device steps (the trainer moves the model over and back)
+    and change the patterns exactly as on the CPU."""
+    x, y = _problem(rng, 32)
+    runs = {}
+    for device in ("cpu", "cuda"):
+        model = _sparse_model()
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        hist = train.fit(model, nn.CrossEntropyLoss(), opt, (x, y), epochs=3, batch_size=8, progress=False,
+                         rng=0, device=device, callbacks=[make_cb(model)])
+        runs[device] = (model, hist)
+    (m_cpu, h_cpu), (m_gpu, h_gpu) = runs["cpu"], runs["cuda"]
+    assert m_gpu.device == "cuda"
+    np.testing.assert_allclose(h_gpu["loss"], h_cpu["loss"], rtol=1e-10)
+    np.testing.assert_allclose(h_gpu["sparsity"], h_cpu["sparsity"], rtol=1e-12)
+    for key, value in m_cpu.state_dict().items():
+        np.testing.assert_allclose(m_gpu.state_dict()[key], value, rtol=1e-10, atol=1e-12, err_msg=key)
+
+
+def test_host_round_trip_keeps_an_unchanged_device_pattern():
+    p = _sparse_model()[0].weight.to("cuda")
+    indices = p.csr.indices
+    p.to("cpu")
+    p.data[:] = 1.0  # values edited in place on the host
+    p.to("cuda")
+    assert p.csr.indices is indices  # the transposed-pattern cache of spmm_t stays valid
+    np.testing.assert_array_equal(_host(p.data), 1.0)
+    p.to("cpu")
+    p.set_csr(p.csr.copy())  # a new pattern object: uploaded afresh
+    p.to("cuda")
+    assert p.csr.indices is not indices
