@@ -106,12 +106,18 @@ def _transposed_view(a):
     """
     if _is_simulator():
         return a.T
+    return _view(a, (a.shape[1], a.shape[0]), (a.strides[1], a.strides[0]))
+
+
+def _view(a, shape, strides):
+    """Another shape/strides over the memory of device array ``a`` (no copy, no kernel)."""
+    if _is_simulator():
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray  # noqa: PLC0415
+
+        return FakeCUDAArray(np.lib.stride_tricks.as_strided(a._ary, shape, strides))
     from numba.cuda.cudadrv.devicearray import DeviceNDArray  # noqa: PLC0415
 
-    return DeviceNDArray(
-        shape=(a.shape[1], a.shape[0]), strides=(a.strides[1], a.strides[0]), dtype=a.dtype,
-        stream=a.stream, gpu_data=a.gpu_data,
-    )
+    return DeviceNDArray(shape=shape, strides=strides, dtype=a.dtype, stream=a.stream, gpu_data=a.gpu_data)
 
 
 def _is_c_contiguous(shape, strides, itemsize):
@@ -605,24 +611,24 @@ def _grid(n):
     return min(max(1, math.ceil(n / ops.THREADS)), ops.MAX_BLOCKS), ops.THREADS
 
 
+def _as_4d(a):
+    """(...) -> (1, ..., 1, ...) 4-D view of a device array of at most 4 dimensions."""
+    pad = 4 - a.ndim
+    return _view(a, (1,) * pad + tuple(a.shape), (0,) * pad + tuple(a.strides))
+
+
 def _copy_into(src, dst):
-    """dst[...] = src[...] for 2-D or 4-D device arrays of any strides."""
-    ops = _ops()
+    """dst[...] = src[...] for device arrays of up to 4 dimensions and any strides."""
     if dst.size == 0:
         return dst
-    if src.ndim == 2:
-        if _order(src) == "F" and _order(dst) == "C":
-            _launch_transpose(_transposed_view(src), dst)  # coalesced on both sides
-        else:
-            ops.copy_2d[_grid(dst.size)](src, dst)
-    elif src.ndim == 4:
-        ops.copy_4d[_grid(dst.size)](src, dst)
-    elif src.ndim == 1 and _order(src):
-        ops.copy_2d[_grid(dst.size)](src.reshape(1, src.size), dst.reshape(1, dst.size))
+    if src.ndim == 2 and _order(src) == "F" and _order(dst) == "C":
+        _launch_transpose(_transposed_view(src), dst)  # coalesced on both sides
+    elif src.ndim == 2:
+        _ops().copy_2d[_grid(dst.size)](src, dst)
+    elif src.ndim <= 4:
+        _ops().copy_4d[_grid(dst.size)](_as_4d(src), _as_4d(dst))
     else:
-        raise NotImplementedError(
-            f"device copies of strided {src.ndim}-D arrays are not implemented; got shape {src.shape}, "
-            f"strides {src.strides}")
+        raise NotImplementedError(f"device copies of {src.ndim}-D arrays are not implemented; got shape {src.shape}")
     return dst
 
 

@@ -227,6 +227,11 @@ def test_contiguous_and_copy(rng):
     x4 = rng.standard_normal((2, 3, 4, 5))
     strided = kc.transpose(_dev(x4.reshape(6, 20)))  # (20, 6) view with swapped strides
     np.testing.assert_array_equal(_host(kc.contiguous(strided)), x4.reshape(6, 20).T)
+    x3 = rng.standard_normal((3, 4, 5))
+    s3 = kc._view(_dev(x3), (3, 5, 4), (x3.strides[0], x3.strides[2], x3.strides[1]))  # swapped last axes
+    np.testing.assert_array_equal(_host(kc.contiguous(s3)), x3.transpose(0, 2, 1))
+    v = _dev(np.arange(10.0))
+    np.testing.assert_array_equal(_host(kc.contiguous(kc._view(v, (5,), (16,)))), np.arange(0.0, 10.0, 2))
     d = _dev(x4)
     d2 = kc.copy(d)
     assert d2 is not d
