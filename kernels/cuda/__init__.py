@@ -384,7 +384,7 @@ def _conv_taps_fit(kh, kw):
 def _tiled_grid(planes, height, width):
     conv = _conv()
     block = (conv.CONV_TX, conv.CONV_TY)
-    grid = (planes, math.ceil(height / conv.CONV_TY) * math.ceil(width / conv.CONV_TX))
+    grid = (planes * math.ceil(height / conv.CONV_TY) * math.ceil(width / conv.CONV_TX),)  # flat: see conv.py
     return grid, block
 
 
@@ -586,7 +586,12 @@ def _ops():
 
 
 def _order(a):
-    """'C' or 'F' for a contiguous array (C wins for 1-D and size <= 1), None otherwise."""
+    """'C' or 'F' for a contiguous array (C wins for 1-D and size <= 1), None otherwise.
+
+    A zero stride (a broadcast axis from CuPy or torch) counts as non-contiguous, as numba sees it.
+    """
+    if 0 in tuple(a.strides):
+        return None
     if _is_c_contiguous(a.shape, a.strides, a.dtype.itemsize):
         return "C"
     if _is_c_contiguous(a.shape[::-1], a.strides[::-1], a.dtype.itemsize):
@@ -735,7 +740,8 @@ def batch_sum(g):
 
 
 def matmul(a, b):
-    """a @ b for 2-D device arrays of any strides (pass transposes as ``.T`` views); C-ordered."""
+    """a @ b for 2-D device arrays of any strides (pass transposes as :func:`transpose` views, not
+    ``DeviceNDArray.T``, which copies); C-ordered result."""
     ops = _ops()
     a, b = as_device_array(a, "a"), as_device_array(b, "b")
     _same_dtype(a=a, b=b)
@@ -746,7 +752,8 @@ def matmul(a, b):
         return out
     if a.shape[1] == 0:
         return zeros(out.shape, out.dtype)
-    grid = (math.ceil(out.shape[1] / ops.MM_TILE), math.ceil(out.shape[0] / ops.MM_TILE))
+    # Row tiles (the batch, possibly large) on grid x, whose limit is 2**31 - 1 (y's is 65,535).
+    grid = (math.ceil(out.shape[0] / ops.MM_TILE), math.ceil(out.shape[1] / ops.MM_TILE))
     ops.matmul[grid, (ops.MM_TILE, ops.MM_TILE)](a, b, out)
     return out
 
@@ -760,9 +767,16 @@ def _one_block(kernel, *args):
     kernel[1, _ops().RED_THREADS](*args)
 
 
+def _logits(logits, target):
+    logits, target = as_device_array(logits, "logits"), as_device_array(target, "target")
+    if logits.ndim != 2 or logits.shape[1] == 0:  # the kernels read logits[i, 0]
+        raise ValueError(f"logits must be (batch, n_classes) with n_classes >= 1; got shape {logits.shape}")
+    return logits, target
+
+
 def cross_entropy(logits, target):
     """Mean cross-entropy as a (1,) device array; target a device int array (NaN if out of range)."""
-    logits, target = as_device_array(logits, "logits"), as_device_array(target, "target")
+    logits, target = _logits(logits, target)
     out = empty((1,), logits.dtype)
     _one_block(_ops().cross_entropy_fwd, logits, target, out)
     return out
@@ -770,7 +784,7 @@ def cross_entropy(logits, target):
 
 def cross_entropy_backward(logits, target, scale):
     """``scale * (softmax(logits) - onehot(target))``, C-ordered (B, C); scale = grad_out / B."""
-    logits, target = as_device_array(logits, "logits"), as_device_array(target, "target")
+    logits, target = _logits(logits, target)
     grad = empty(logits.shape, logits.dtype)
     if logits.shape[0]:
         _ops().cross_entropy_bwd[_grid(logits.shape[0])](logits, target, float(scale), grad)

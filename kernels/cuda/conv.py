@@ -25,8 +25,8 @@ Geometry (computed beside each launch by the wrappers):
 ====================  ====================  ==============================================
 kernel                block                 grid
 ====================  ====================  ==============================================
-conv2d_fwd            (CONV_TX, CONV_TY)    (N*O, ceil(OH/CONV_TY) * ceil(OW/CONV_TX))
-conv2d_grad_input     (CONV_TX, CONV_TY)    (N*C, ceil(H/CONV_TY) * ceil(W/CONV_TX))
+conv2d_fwd            (CONV_TX, CONV_TY)    (N*O * ceil(OH/CONV_TY) * ceil(OW/CONV_TX),)
+conv2d_grad_input     (CONV_TX, CONV_TY)    (N*C * ceil(H/CONV_TY) * ceil(W/CONV_TX),)
 conv2d_grad_weight    (RED_THREADS,)        (O * C/groups * KH * KW,)
 channel_sum           (RED_THREADS,)        (O,)
 ====================  ====================  ==============================================
@@ -51,13 +51,15 @@ def conv2d_fwd(x, weight, bias, sh, sw, ph, pw, dh, dw, out):
     n_c, h, w = x.shape[1], x.shape[2], x.shape[3]
     n_o, c_g, kh, kw = weight.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]
     out_h, out_w = out.shape[2], out.shape[3]
-    plane = cuda.blockIdx.x
+    tiles_j = (out_w + CONV_TX - 1) // CONV_TX
+    n_tiles = ((out_h + CONV_TY - 1) // CONV_TY) * tiles_j
+    plane = cuda.blockIdx.x // n_tiles  # one flat grid axis: grid y would cap tiles at 65,535
+    tile = cuda.blockIdx.x - plane * n_tiles
     n = plane // n_o
     o = plane - n * n_o
-    tiles_j = (out_w + CONV_TX - 1) // CONV_TX
-    tile_r = cuda.blockIdx.y // tiles_j
+    tile_r = tile // tiles_j
     r = tile_r * CONV_TY + cuda.threadIdx.y
-    j = (cuda.blockIdx.y - tile_r * tiles_j) * CONV_TX + cuda.threadIdx.x
+    j = (tile - tile_r * tiles_j) * CONV_TX + cuda.threadIdx.x
     inside = r < out_h and j < out_w  # no early return: every thread meets the syncthreads
     groups = n_c // c_g
     c_first = (o // (n_o // groups)) * c_g
@@ -98,13 +100,15 @@ def conv2d_grad_input(g, weight, sh, sw, ph, pw, dh, dw, gx):
     n_c, h, w = gx.shape[1], gx.shape[2], gx.shape[3]
     n_o, c_g, kh, kw = weight.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]
     out_h, out_w = g.shape[2], g.shape[3]
-    plane = cuda.blockIdx.x
+    tiles_b = (w + CONV_TX - 1) // CONV_TX
+    n_tiles = ((h + CONV_TY - 1) // CONV_TY) * tiles_b
+    plane = cuda.blockIdx.x // n_tiles
+    tile = cuda.blockIdx.x - plane * n_tiles
     n = plane // n_c
     c = plane - n * n_c
-    tiles_b = (w + CONV_TX - 1) // CONV_TX
-    tile_a = cuda.blockIdx.y // tiles_b
+    tile_a = tile // tiles_b
     a = tile_a * CONV_TY + cuda.threadIdx.y
-    b = (cuda.blockIdx.y - tile_a * tiles_b) * CONV_TX + cuda.threadIdx.x
+    b = (tile - tile_a * tiles_b) * CONV_TX + cuda.threadIdx.x
     inside = a < h and b < w
     groups = n_c // c_g
     o_g = n_o // groups
@@ -217,8 +221,8 @@ def channel_sum(g, out):
 # ==========================  ====================  ==========================================
 # kernel                      block                 grid
 # ==========================  ====================  ==========================================
-# sparse_conv2d_fwd           (CONV_TX, CONV_TY)    (N*O, ceil(OH/CONV_TY) * ceil(OW/CONV_TX))
-# sparse_conv2d_grad_input    (CONV_TX, CONV_TY)    (N*C, ceil(H/CONV_TY) * ceil(W/CONV_TX))
+# sparse_conv2d_fwd           (CONV_TX, CONV_TY)    (N*O * ceil(OH/CONV_TY) * ceil(OW/CONV_TX),)
+# sparse_conv2d_grad_input    (CONV_TX, CONV_TY)    (N*C * ceil(H/CONV_TY) * ceil(W/CONV_TX),)
 # sparse_conv2d_grad_weight   (RED_THREADS,)        (nnz,)
 # ==========================  ====================  ==========================================
 
@@ -235,13 +239,15 @@ def sparse_conv2d_fwd(x, indptr, indices, data, groups, kh, kw, sh, sw, ph, pw, 
     n_c, h, w = x.shape[1], x.shape[2], x.shape[3]
     n_o, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
     taps = kh * kw
-    plane = cuda.blockIdx.x
+    tiles_j = (out_w + CONV_TX - 1) // CONV_TX
+    n_tiles = ((out_h + CONV_TY - 1) // CONV_TY) * tiles_j
+    plane = cuda.blockIdx.x // n_tiles  # one flat grid axis: grid y would cap tiles at 65,535
+    tile = cuda.blockIdx.x - plane * n_tiles
     n = plane // n_o
     o = plane - n * n_o
-    tiles_j = (out_w + CONV_TX - 1) // CONV_TX
-    tile_r = cuda.blockIdx.y // tiles_j
+    tile_r = tile // tiles_j
     r = tile_r * CONV_TY + cuda.threadIdx.y
-    j = (cuda.blockIdx.y - tile_r * tiles_j) * CONV_TX + cuda.threadIdx.x
+    j = (tile - tile_r * tiles_j) * CONV_TX + cuda.threadIdx.x
     if r >= out_h or j >= out_w:
         return
     c_first = (o // (n_o // groups)) * (n_c // groups)
@@ -270,13 +276,15 @@ def sparse_conv2d_grad_input(g, indptr_t, indices_t, perm, data, groups, kh, kw,
     """
     n_c, h, w = gx.shape[1], gx.shape[2], gx.shape[3]
     n_o, out_h, out_w = g.shape[1], g.shape[2], g.shape[3]
-    plane = cuda.blockIdx.x
+    tiles_b = (w + CONV_TX - 1) // CONV_TX
+    n_tiles = ((h + CONV_TY - 1) // CONV_TY) * tiles_b
+    plane = cuda.blockIdx.x // n_tiles
+    tile = cuda.blockIdx.x - plane * n_tiles
     n = plane // n_c
     c = plane - n * n_c
-    tiles_b = (w + CONV_TX - 1) // CONV_TX
-    tile_a = cuda.blockIdx.y // tiles_b
+    tile_a = tile // tiles_b
     a = tile_a * CONV_TY + cuda.threadIdx.y
-    b = (cuda.blockIdx.y - tile_a * tiles_b) * CONV_TX + cuda.threadIdx.x
+    b = (tile - tile_a * tiles_b) * CONV_TX + cuda.threadIdx.x
     if a >= h or b >= w:
         return
     c_g = n_c // groups

@@ -18,7 +18,7 @@ kernel            block                   grid
 ================  ======================  =============================================
 element-wise      (THREADS,)              (min(ceil(n / THREADS), MAX_BLOCKS),)
 batch_sum         (RED_THREADS,)          (n_features,)
-matmul            (MM_TILE, MM_TILE)      (ceil(N / MM_TILE), ceil(M / MM_TILE))
+matmul            (MM_TILE, MM_TILE)      (ceil(M / MM_TILE), ceil(N / MM_TILE))
 loss kernels      (RED_THREADS,)          (1,): one block, batch-sized work
 ================  ======================  =============================================
 """
@@ -140,8 +140,8 @@ def matmul(a, b, out):
     tb = cuda.shared.array((MM_TILE, MM_TILE), dtype=out.dtype)
     tx = cuda.threadIdx.x
     ty = cuda.threadIdx.y
-    i = cuda.blockIdx.y * MM_TILE + ty
-    j = cuda.blockIdx.x * MM_TILE + tx
+    i = cuda.blockIdx.x * MM_TILE + ty
+    j = cuda.blockIdx.y * MM_TILE + tx
     n_m, n_k, n_n = a.shape[0], a.shape[1], b.shape[1]
     zero = out.dtype.type(0)
     acc = zero

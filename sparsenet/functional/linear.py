@@ -31,10 +31,13 @@ def _as_batch(a, name, features, dtype, what):
 
 
 def _reshape(a, shape):
-    """``a.reshape(shape)``, skipped when nothing changes: an F-ordered device array (the sparse
-    products' output) cannot be reshaped in C order without a copy, and needs none here."""
+    """``a.reshape(shape)`` in C order, skipped when nothing changes (the usual 2-D case, which
+    keeps the sparse products' F-ordered output as it is).  A device array is made C-contiguous
+    first: numba's reshape reinterprets an F-ordered array's memory instead of copying it."""
     if len(shape) == len(_shape(a)) and all(s in (-1, t) for s, t in zip(shape, _shape(a))):
         return a
+    if kernels.on_device(a=a):
+        a = kernels.ascontiguous(a)
     return a.reshape(shape)
 
 

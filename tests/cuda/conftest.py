@@ -107,6 +107,42 @@ _DEVICE_ARRAY_ATTRS = {"shape", "strides", "dtype", "size", "ndim", "flags", "nb
                        "transpose", "T", "is_c_contiguous", "is_f_contiguous", "copy_to_host", "copy_to_device"}
 
 
+_DUMMYARRAY = []
+
+
+def _real_dummyarray():
+    """numba-cuda's array-layout module (pure Python), loaded from its file: under the simulator
+    ``numba.cuda.cudadrv`` is replaced by stubs."""
+    if not _DUMMYARRAY:
+        import importlib.util
+
+        spec = importlib.util.find_spec("numba.cuda")
+        path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "cudadrv" / "dummyarray.py"
+        loader = importlib.util.spec_from_file_location("_sparsenet_real_dummyarray", path)
+        module = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(module)
+        _DUMMYARRAY.append(module)
+    return _DUMMYARRAY[0]
+
+
+def _real_reshape(self, *newshape, **kws):
+    """numba's DeviceNDArray.reshape on the simulator's arrays: a view with the strides numba
+    computes (it reinterprets an F-ordered array in C order rather than copying, unlike NumPy)."""
+    import numpy as np
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+    dummyarray = _real_dummyarray()
+    if len(newshape) == 1 and isinstance(newshape[0], (tuple, list)):
+        newshape = newshape[0]
+    if tuple(newshape) == tuple(self._ary.shape):
+        return self
+    desc = dummyarray.Array.from_desc(0, self._ary.shape, self._ary.strides, self._ary.itemsize)
+    new, extents = desc.reshape(*newshape, **kws)
+    if extents != [desc.extent]:
+        raise NotImplementedError("operation requires copying")
+    return FakeCUDAArray(np.lib.stride_tricks.as_strided(self._ary, new.shape, new.strides))
+
+
 def _refuse(op):
     def method(self, *args, **kwargs):
         raise TypeError(f"device arrays do not support {op} (NumPy arithmetic works on the simulator's "
@@ -122,7 +158,7 @@ def strict_simulator_arrays(monkeypatch):
     ``FakeCUDAArray`` wraps a NumPy array and forwards arithmetic, comparisons and every NumPy
     attribute (``.sum``, ``.max``, ``.astype``, ``np.asarray``), so code that would fail on a GPU
     (or silently copy to the host) passes in the simulator.  Here anything a real
-    ``DeviceNDArray`` lacks raises instead.
+    ``DeviceNDArray`` lacks raises instead, and ``reshape`` behaves as numba's does.
     """
     if not SIMULATOR:
         yield
@@ -140,6 +176,7 @@ def strict_simulator_arrays(monkeypatch):
     for op in ("__add__", "__sub__", "__mul__", "__truediv__", "__floordiv__", "__mod__", "__pow__",
                "__lt__", "__le__", "__gt__", "__ge__"):
         monkeypatch.setattr(FakeCUDAArray, op, _refuse(op), raising=False)
+    monkeypatch.setattr(FakeCUDAArray, "reshape", _real_reshape)
     monkeypatch.setattr(FakeCUDAArray, "__eq__", lambda self, other: self is other)
     monkeypatch.setattr(FakeCUDAArray, "__ne__", lambda self, other: self is not other)
     monkeypatch.setattr(FakeCUDAArray, "__hash__", lambda self: id(self))

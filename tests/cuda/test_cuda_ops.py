@@ -289,3 +289,26 @@ def test_strict_simulator_arrays_refuse_numpy_arithmetic():
         d + 1
     with pytest.raises((TypeError, AttributeError)):
         d.sum()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_layers_take_leading_batch_dimensions(rng, dtype):
+    """(2, 3, in) inputs: the F-ordered products must be made C-contiguous before reshaping
+    (numba's reshape reinterprets memory; the strict conftest reproduces it)."""
+    x = rng.standard_normal((2, 3, 5)).astype(dtype)
+    w = CSRMatrix.random((4, 5), 0.6, rng=rng, dtype=dtype)
+    b = rng.standard_normal(4).astype(dtype)
+    g = rng.standard_normal((2, 3, 4)).astype(dtype)
+    np.testing.assert_allclose(_host(F.sparse_linear(_dev(x), w.to("cuda"), _dev(b))), F.sparse_linear(x, w, b),
+                               **_tol(dtype))
+    for a, h in zip(F.sparse_linear_backward(_dev(g), _dev(x), w.to("cuda")), F.sparse_linear_backward(g, x, w)):
+        np.testing.assert_allclose(_host(a), h, **_tol(dtype))
+    wd = w.to_dense()
+    np.testing.assert_allclose(_host(F.linear(_dev(x), _dev(wd), _dev(b))), F.linear(x, wd, b), **_tol(dtype))
+    for a, h in zip(F.linear_backward(_dev(g), _dev(x), _dev(wd)), F.linear_backward(g, x, wd)):
+        np.testing.assert_allclose(_host(a), h, **_tol(dtype))
+
+
+def test_cross_entropy_needs_a_class():
+    with pytest.raises(ValueError, match="n_classes >= 1"):
+        K.cross_entropy(_dev(np.zeros((3, 0))), _dev(np.zeros(3, np.int64)))
