@@ -799,11 +799,14 @@ def mse_loss_backward(x, t, grad_out=1.0):
     """``2 grad_out (x - t) / x.size``."""
     if _on_cuda(input=x, target=t):
         return _gpu().mse_loss_backward(x, t, 2.0 * grad_out / x.size)
-    return (x - t) * x.dtype.type(2.0 * grad_out / x.size)
+    grad = (x - t) * x.dtype.type(2.0 / x.size)
+    if grad_out != 1.0:
+        grad *= x.dtype.type(grad_out)
+    return grad
 
 
 # Batch normalisation, the input viewed as (N, C, S): S = 1, L or H*W.
-__all__ += ["channel_moments", "batch_norm_running_", "batch_norm_apply", "batch_norm_backward"]
+__all__ += ["channel_moments", "batch_norm_running", "batch_norm_apply", "batch_norm_backward"]
 
 
 def channel_moments(x3):
@@ -813,12 +816,18 @@ def channel_moments(x3):
     return x3.mean(axis=(0, 2)), x3.var(axis=(0, 2))
 
 
-def batch_norm_running_(running_mean, running_var, mean, var, momentum, unbias):
-    """In place: ``running = (1 - momentum) running + momentum batch``, the variance times ``unbias``."""
+def batch_norm_running(running_mean, running_var, mean, var, momentum, unbias):
+    """``running = (1 - momentum) running + momentum batch``, the variance times ``unbias``.
+
+    Returns the new ``(running_mean, running_var)``: fresh arrays on the host (buffers are
+    rebound, as before), the same arrays updated in place on the device.
+    """
     if _on_cuda(running_mean=running_mean, running_var=running_var, mean=mean, var=var):
-        return _gpu().batch_norm_running_(running_mean, running_var, mean, var, momentum, unbias)
-    running_mean[...] = (1 - momentum) * running_mean + momentum * mean
-    running_var[...] = (1 - momentum) * running_var + momentum * var * unbias
+        _gpu().batch_norm_running_(running_mean, running_var, mean, var, momentum, unbias)
+        return running_mean, running_var
+    new_mean = ((1 - momentum) * running_mean + momentum * mean).astype(running_mean.dtype)
+    new_var = ((1 - momentum) * running_var + momentum * var * unbias).astype(running_var.dtype)
+    return new_mean, new_var
 
 
 def batch_norm_apply(x3, mean, var, eps, weight=None, bias=None):

@@ -122,6 +122,12 @@ def _cmd_train(args):
     from .train import ModelCheckpoint, Trainer, evaluate, model_sparsity
 
     images = args.preset == "lenet"
+    if args.device == "cuda":
+        from .kernels.device import cuda_available
+
+        ok, reason = cuda_available()
+        if not ok:
+            raise ValueError(f"cannot train on 'cuda': {reason}")
     args.restore_threads = _set_threads(args.threads)
     t_start = time.perf_counter()
     xtr, xte, ytr, yte = _load_dataset(args.dataset, args.data_dir, images, args.seed)
@@ -320,7 +326,7 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ImportError, NotImplementedError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"sparsenet {args.command}: error: {err}", file=sys.stderr)
         return 2
     finally:

@@ -82,12 +82,21 @@ class Callback:
 
     A callback that computes with NumPy on parameters, gradients or optimizer state sets
     ``host_only = True`` (the sparsity methods do): when training on the GPU, the trainer then
-    moves the model and the optimizer state to the host around each of its hooks and back
-    afterwards, so it sees NumPy arrays (values are copied; unchanged sparsity patterns keep
-    their device arrays).  Callbacks that only read ``logs`` or call ``state_dict`` need nothing.
+    moves the model and the optimizer state to the host around its hooks and back afterwards,
+    so it sees NumPy arrays and a float ``logs["loss"]`` (values are copied; unchanged sparsity
+    patterns keep their device arrays).  :meth:`needs_host` narrows that to the calls that do
+    work.  Callbacks that only read ``logs`` or call ``state_dict`` need nothing.
     """
 
     host_only = False
+
+    def needs_host(self, hook, trainer):
+        """Whether this call of ``hook`` must see the model on the host (GPU training only).
+
+        Default: for a ``host_only`` callback, every hook its class implements.  Override to
+        skip the round trip on calls that do nothing (e.g. steps between two topology updates).
+        """
+        return self.host_only and getattr(type(self), hook, None) is not getattr(Callback, hook, None)
 
     def on_train_begin(self, trainer):
         pass
@@ -238,6 +247,33 @@ def _to(device, a):
     return kernels.to_device(a, device) if device == "cuda" else a
 
 
+def _host_logs(a):
+    """A logs dict with device scalars read back (for callbacks that run on the host)."""
+    if isinstance(a, dict):
+        return {k: (float(kernels.to_host(v)[0]) if kernels.on_device(v=v) else v) for k, v in a.items()}
+    return a
+
+
+def _upload_target(device, target, output):
+    """The batch's target on the model's device, checked and typed as the host losses would.
+
+    Class labels are range-checked here, on the host copy, where it costs nothing (on the device
+    an out-of-range class would only show up as a NaN loss); float targets take the output's
+    dtype, as the host MSE casts them.
+    """
+    target = np.asarray(target)
+    if device != "cuda":
+        return target
+    if _is_classification(output, target) and target.size:
+        n_classes = output.shape[1]
+        if target.min() < 0 or target.max() >= n_classes:
+            bad = target[(target < 0) | (target >= n_classes)][0]
+            raise ValueError(f"target class {bad} is out of range [0, {n_classes})")
+    elif target.dtype.kind in "fiub":
+        target = target.astype(output.dtype, copy=False)
+    return kernels.to_device(target)
+
+
 def evaluate(model, data, loss=None, *, batch_size=1000):
     """Loss and accuracy of ``model`` on ``data`` in eval mode (no gradients, no parameter change).
 
@@ -278,7 +314,7 @@ def evaluate(model, data, loss=None, *, batch_size=1000):
     try:
         for xb, yb in loader:
             out = model(_to(device, xb))
-            yd = _to(device, yb)
+            yd = _upload_target(device, yb, out)
             meter.add(loss(out, yd), out, yb, yd)
     finally:
         model.train(was_training)
@@ -295,7 +331,8 @@ class Trainer:
                  callbacks=(), scheduler=None, progress=True, rng=None, initial_epoch=0, history=None, device=None):
         if not isinstance(model, Module):
             raise TypeError(f"model must be a sparsenet.nn.Module; got {type(model).__name__}")
-        self.device = _check_device(device) or model.device
+        self._device_arg = _check_device(device)
+        self.device = self._device_arg or model.device  # resolved again by run()
         if not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative integer; got {epochs!r}")
         self.model, self.loss, self.optimizer, self.scheduler = model, loss, optimizer, scheduler
@@ -322,26 +359,33 @@ class Trainer:
         return tqdm(total=total, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False, unit="batch")
 
     def _call(self, hook, *args):
-        # One host round trip per hook, and only when a host-only callback really implements it.
+        # One host round trip per hook call, and only when a host-only callback needs it now.
         needs_host = self.model.device == "cuda" and any(
-            getattr(cb, "host_only", False) and getattr(type(cb), hook, None) is not getattr(Callback, hook)
-            for cb in self.callbacks)
+            getattr(cb, "needs_host", lambda *_: False)(hook, self) for cb in self.callbacks)
         if needs_host:
-            self.model.to("cpu")
-            self.optimizer.to("cpu")
+            self.model._to_host_for_a_while()
+            self._move_optimizer("cpu")
+            args = tuple(_host_logs(a) for a in args)
         try:
             for cb in self.callbacks:
                 getattr(cb, hook)(self, *args)
         finally:
             if needs_host:
                 self.model.to("cuda")
-                self.optimizer.to("cuda")
+                self._move_optimizer("cuda")
+
+    def _move_optimizer(self, device):
+        move = getattr(self.optimizer, "to", None)  # a duck-typed optimizer without state is fine
+        if move is not None:
+            move(device)
 
     def run(self):
         """Train from ``initial_epoch`` to ``epochs``; returns the :class:`History`."""
+        self.device = self._device_arg or self.model.device
         if self.model.device != self.device:
             self.model.to(self.device)
-        self.optimizer.to(self.device)
+        if self.device == "cuda" or self.model.device != "cpu":
+            self._move_optimizer(self.device)
         self.model.train()
         self._call("on_train_begin")
         for epoch in range(self.initial_epoch, self.epochs):
@@ -352,8 +396,8 @@ class Trainer:
             meter = _Meter(self.device)
             for i, (xb, yb) in enumerate(self.train_loader):
                 self.optimizer.zero_grad()
-                yd = _to(self.device, yb)
                 out = self.model(_to(self.device, xb))
+                yd = _upload_target(self.device, yb, out)
                 loss = self.loss(out, yd)
                 value = meter.add(loss, out, yb, yd)  # None on the GPU: not read back per batch
                 if value is not None and not math.isfinite(value):

@@ -82,4 +82,4 @@ def test_train_on_cuda_without_a_gpu_is_a_clear_error():
         assert "device cuda" in res.stdout
     else:
         assert res.returncode == 2, res.stderr
-        assert "cannot move the model to 'cuda'" in res.stderr
+        assert "cannot train on 'cuda'" in res.stderr

@@ -62,9 +62,11 @@ class Dropout(Module):
     def backward(self, grad_out):
         shape, scale = self._saved()
         grad_out = as_float_array(grad_out, "grad_out")
+        if scale is None:  # the identity: any grad_out passes through, as a copy
+            return kernels.copy(grad_out)
         if tuple(grad_out.shape) != shape:
             raise ValueError(f"grad_out must have the output's shape {shape}; got {tuple(grad_out.shape)}")
-        return kernels.copy(grad_out) if scale is None else kernels.scaled_mul(grad_out, scale, 1.0)
+        return kernels.scaled_mul(grad_out, scale, 1.0)
 
     def get_config(self):
         return {"p": self.p}

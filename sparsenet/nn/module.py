@@ -128,13 +128,14 @@ class Parameter:
         """``"cpu"`` or ``"cuda"``: where ``data`` lives."""
         return device_of(self.data)
 
-    def to(self, device):
+    def to(self, device, *, keep_device_arrays=False):
         """Move ``data`` (and ``grad``) to ``device`` in place; returns self.  Explicit copies.
 
-        A round trip GPU -> CPU -> GPU that leaves the host object in place (values edited in
-        place, the sparsity pattern unchanged) returns to the *same* device arrays, only the
-        values being uploaded: the device pattern, and what is cached against it (the transposed
-        pattern of ``spmm_t``), survive a host-side callback.
+        ``keep_device_arrays`` (moving to the host, for the trainer's host-side callbacks):
+        the device arrays are kept, and a return to the GPU that finds the host object still in
+        place (values edited in place, the sparsity pattern unchanged) reuses them, uploading
+        only the values: the device pattern, and the transposed pattern ``spmm_t`` caches
+        against it, survive the round trip.
         """
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}; got {device!r}")
@@ -142,9 +143,11 @@ class Parameter:
             return self
         value = self.csr if self.csr is not None else self._data
         twin = self.__dict__.get("_device_twin")
+        self._device_twin = None
         if device == "cpu":
             moved = value.to("cpu") if self.csr is not None else kernels.to_host(value)
-            self._device_twin = (moved, value)  # host copy, device original
+            if keep_device_arrays:
+                self._device_twin = (moved, value)  # host copy, device original
         elif twin is not None and twin[0] is value:
             moved = twin[1]
             dst, src = (moved.data, value.data) if self.csr is not None else (moved, value)
@@ -152,8 +155,6 @@ class Parameter:
                 dst.copy_to_device(src)
         else:
             moved = value.to("cuda") if self.csr is not None else kernels.to_device(value)
-        if device == "cuda":
-            self._device_twin = None
         if self.csr is not None:
             self.csr = moved
         else:
@@ -195,6 +196,12 @@ class Parameter:
             csr.data = np.ascontiguousarray(csr.data)
         self.csr = csr
         self.grad = None
+
+    def __getstate__(self):
+        # Kept device arrays belong to one trainer round trip, not to copies or pickles.
+        state = dict(self.__dict__)
+        state.pop("_device_twin", None)
+        return state
 
     def zero_grad(self, set_to_none=True):
         """Drop the gradient (default) or set it to zeros in place."""
@@ -397,6 +404,20 @@ class Module:
             raise ValueError(f"device must be one of {DEVICES}; got {target!r}")
         return self._to_dtype(target)
 
+    def _to_host_for_a_while(self):
+        """``to("cpu")`` keeping the device arrays for a return that changes no pattern (the
+        trainer's round trip around host-only callbacks)."""
+        for p in self.parameters():
+            p.to("cpu", keep_device_arrays=True)
+        self._move_buffers("cpu")
+        return self
+
+    def _move_buffers(self, device):
+        for _, owner, attr in self.named_buffers():
+            buf = getattr(owner, attr)
+            if np.dtype(buf.dtype).kind == "f":  # counters (num_batches_tracked) stay host integers
+                object.__setattr__(owner, attr, kernels.to_device(buf, device))
+
     def _to_device(self, device):
         if device == "cuda":
             missing = sorted({type(m).__name__ for m in self.modules() if not m._supports_cuda})
@@ -410,10 +431,7 @@ class Module:
                 raise RuntimeError(f"cannot move the model to 'cuda': {reason}")
         for p in self.parameters():
             p.to(device)
-        for _, owner, attr in self.named_buffers():
-            buf = getattr(owner, attr)
-            if np.dtype(buf.dtype).kind == "f":  # counters (num_batches_tracked) stay host integers
-                object.__setattr__(owner, attr, kernels.to_device(buf, device))
+        self._move_buffers(device)
         return self
 
     def _to_dtype(self, dtype):

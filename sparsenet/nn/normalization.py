@@ -56,6 +56,10 @@ class _BatchNorm(Module):
 
     def forward(self, x):
         x = self._check_input(x)
+        if kernels.on_device(x=x) and x.dtype != self.dtype:
+            # The host promotes mixed dtypes silently; the device kernels keep one dtype.
+            raise TypeError(f"{type(self).__name__} is {self.dtype} but x is {x.dtype}; build the layer with "
+                            f"dtype={x.dtype} (or cast the model) to run it on the GPU")
         shape = tuple(x.shape)
         x3 = self._as_ncs(x)
         use_batch = self.training or not self.track_running_stats
@@ -71,7 +75,8 @@ class _BatchNorm(Module):
                 self.num_batches_tracked = self.num_batches_tracked + 1
                 m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
                 # PyTorch keeps the *unbiased* variance in the running estimate.
-                kernels.batch_norm_running_(self.running_mean, self.running_var, mean, var, m, n / (n - 1))
+                self.running_mean, self.running_var = kernels.batch_norm_running(
+                    self.running_mean, self.running_var, mean, var, m, n / (n - 1))
         elif kernels.on_device(x=x):
             mean, var = self.running_mean, self.running_var
         else:

@@ -246,6 +246,14 @@ class RigL(Callback):
         activity = {m: self._recorder.raw(m) for m in self.layers if self._recorder.raw(m) is not None}
         self.update(activity)
 
+    def needs_host(self, hook, trainer):
+        # On the GPU, only the update steps bring the model to the host (the recorder keeps the
+        # last batch's device arrays and copies them when an update reads them).
+        if hook != "on_batch_end":
+            return False
+        step = self.step_count + 1
+        return step % self.update_every == 0 and (self.end_step is None or step < self.end_step)
+
     def on_train_end(self, trainer):
         if self._recorder is not None:
             self._recorder.close()

@@ -171,6 +171,12 @@ class SET(Callback):
         if self.update_every is not None and self.step_count % self.update_every == 0:
             self.step()
 
+    def needs_host(self, hook, trainer):
+        # On the GPU, only the steps that change the topology bring the model to the host.
+        if hook == "on_batch_end":
+            return self.update_every is not None and (self.step_count + 1) % self.update_every == 0
+        return hook == "on_epoch_end"
+
     def on_epoch_end(self, trainer, epoch, logs):
         if self.update_every is None and epoch + 1 < trainer.epochs:
             self.step()

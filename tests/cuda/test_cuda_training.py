@@ -305,12 +305,56 @@ def test_sparsity_callbacks_train_on_device_like_on_host(rng, make_cb):
 def test_host_round_trip_keeps_an_unchanged_device_pattern():
     p = _sparse_model()[0].weight.to("cuda")
     indices = p.csr.indices
-    p.to("cpu")
+    p.to("cpu", keep_device_arrays=True)
+    assert "_device_twin" not in copy.deepcopy(p).__dict__  # copies and pickles carry no device arrays
     p.data[:] = 1.0  # values edited in place on the host
     p.to("cuda")
     assert p.csr.indices is indices  # the transposed-pattern cache of spmm_t stays valid
     np.testing.assert_array_equal(_host(p.data), 1.0)
-    p.to("cpu")
+    p.to("cpu", keep_device_arrays=True)
     p.set_csr(p.csr.copy())  # a new pattern object: uploaded afresh
     p.to("cuda")
     assert p.csr.indices is not indices
+    p.to("cpu")  # a plain move lets the device arrays go
+    assert p.__dict__.get("_device_twin") is None
+
+
+def test_set_brings_the_model_to_the_host_only_on_topology_updates(rng, monkeypatch):
+    x, y = _problem(rng, 32)
+    model = _sparse_model()
+    trips = []
+    original = nn.Module._to_host_for_a_while
+    monkeypatch.setattr(nn.Module, "_to_host_for_a_while", lambda self: trips.append(1) or original(self))
+    train.fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x, y), epochs=2, batch_size=8,
+              progress=False, rng=0, device="cuda", callbacks=[sparsity.SET(model, zeta=0.3, rng=0)])
+    assert len(trips) == 2  # one per epoch end, none for the 8 batches
+
+
+def test_device_training_checks_and_casts_targets_like_the_host(rng):
+    x, y = _problem(rng, 16)
+    model = nn.Sequential(nn.Linear(6, 3, rng=0))  # float32
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="target class 3 is out of range"):
+        train.fit(model, nn.CrossEntropyLoss(), opt, (x.astype(np.float32), np.where(y == 0, 3, y)), epochs=1,
+                  progress=False, device="cuda")
+    with pytest.raises(ValueError, match="out of range"):
+        train.evaluate(model, (x.astype(np.float32), np.full(16, -1)))
+    t = rng.standard_normal((16, 3))  # float64 targets for a float32 model, as the host accepts
+    hist = train.fit(model, nn.MSELoss(), opt, (x.astype(np.float32), t), epochs=1, progress=False, device="cuda")
+    assert np.isfinite(hist["loss"][0])
+
+
+def test_trainer_resolves_the_device_when_it_runs(rng):
+    x, y = _problem(rng, 16)
+    model = nn.Sequential(nn.Linear(6, 3, rng=0, dtype=F64))
+    trainer = train.Trainer(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x, y),
+                            epochs=1, progress=False)
+    model.to("cuda")
+    trainer.run()
+    assert model.device == "cuda" and trainer.device == "cuda"
+
+
+def test_batch_norm_dtype_mismatch_on_device_is_a_clear_error():
+    bn = nn.BatchNorm1d(3).to("cuda")  # float32
+    with pytest.raises(TypeError, match="BatchNorm1d is float32 but x is float64"):
+        bn(_dev(np.ones((4, 3))))
