@@ -16,9 +16,9 @@ fall outside the input are skipped by bounds checks.
   channel for the bias gradient), threads striding over (n, r, j) with j fastest (coalesced),
   then a fixed shared-memory tree reduction: deterministic.
 
-Helpers are written inline rather than as ``cuda.jit(device=True)`` functions so that every
-kernel can be compiled to PTX without a GPU (tests/cuda/test_cuda_compile.py); numba needs a
-live device to link a device function.
+Block reductions use ``block.block_sum``, inlined into each kernel at compile time (numba
+needs a live device to *link* a separate device function; inlined, every kernel still compiles
+to PTX without a GPU, tests/cuda/test_cuda_compile.py).
 
 Geometry (computed beside each launch by the wrappers):
 
@@ -32,6 +32,8 @@ channel_sum           (RED_THREADS,)        (O,)
 ====================  ====================  ==============================================
 """
 from numba import cuda
+
+from .block import block_sum
 
 CONV_TX = 32
 CONV_TY = 8
@@ -170,18 +172,10 @@ def conv2d_grad_weight(g, x, sh, sw, ph, pw, dh, dw, gw):
         b = j * sw - pw + q * dw
         if a >= 0 and a < h and b >= 0 and b < w:
             acc += g[n, o, r, j] * x[n, c, a, b]
-    # Fixed-shape tree reduction in shared memory (inline: see the module note on device
-    # functions): the same order on every run.
     red[tid] = acc
-    cuda.syncthreads()
-    half = RED_THREADS // 2
-    while half > 0:
-        if tid < half:
-            red[tid] += red[tid + half]
-        cuda.syncthreads()
-        half //= 2
+    total = block_sum(red, tid)
     if tid == 0:
-        gw[o, ci, p, q] = red[0]
+        gw[o, ci, p, q] = total
 
 
 @cuda.jit
@@ -196,18 +190,10 @@ def channel_sum(g, out):
         j = idx % out_w
         s = idx // out_w
         acc += g[s // out_h, o, s % out_h, j]
-    # Fixed-shape tree reduction in shared memory (inline: see the module note on device
-    # functions): the same order on every run.
     red[tid] = acc
-    cuda.syncthreads()
-    half = RED_THREADS // 2
-    while half > 0:
-        if tid < half:
-            red[tid] += red[tid + half]
-        cuda.syncthreads()
-        half //= 2
+    total = block_sum(red, tid)
     if tid == 0:
-        out[o] = red[0]
+        out[o] = total
 
 
 
@@ -348,15 +334,9 @@ def sparse_conv2d_grad_weight(g, x, indptr, indices, groups, kh, kw, sh, sw, ph,
         if a >= 0 and a < h and b >= 0 and b < w:
             acc += g[n, o, r, j] * x[n, c, a, b]
     red[tid] = acc
-    cuda.syncthreads()
-    half = RED_THREADS // 2
-    while half > 0:
-        if tid < half:
-            red[tid] += red[tid + half]
-        cuda.syncthreads()
-        half //= 2
+    total = block_sum(red, tid)
     if tid == 0:
-        gw[k] = red[0]
+        gw[k] = total
 
 
 # --------------------------------------------------------------------------- locally connected

@@ -7,9 +7,9 @@ loss/accuracy accumulator, so that a whole step runs on the device and the host 
 two numbers per epoch instead of one per batch.
 
 Conventions as in ``csr.py``: raw arrays in, the preallocated output last, no allocation, every
-output element written by one thread, reductions through a fixed shared-memory tree (no
-atomics, bitwise deterministic), no warp intrinsics (the simulator lacks them), helpers inline
-(a device function cannot be linked without a live GPU, see tests/cuda/test_cuda_compile.py).
+output element written by one thread, reductions through the fixed shared-memory tree of
+``block.block_sum`` (no atomics, bitwise deterministic), no warp intrinsics (the simulator lacks
+them).
 Element-wise kernels take 1-D views of contiguous arrays (C or F order alike: the same
 elements in the same places) and loop grid-stride, so any size runs on a capped grid.
 
@@ -25,6 +25,8 @@ loss kernels      (RED_THREADS,)          (1,): one block, batch-sized work
 import math
 
 from numba import cuda
+
+from .block import block_sum
 
 THREADS = 256
 MAX_BLOCKS = 16384
@@ -117,15 +119,9 @@ def batch_sum(g, out):
     for b in range(tid, g.shape[0], RED_THREADS):
         acc += g[b, f]
     red[tid] = acc
-    cuda.syncthreads()
-    half = RED_THREADS // 2
-    while half > 0:
-        if tid < half:
-            red[tid] += red[tid + half]
-        cuda.syncthreads()
-        half //= 2
+    total = block_sum(red, tid)
     if tid == 0:
-        out[f] = red[0]
+        out[f] = total
 
 
 @cuda.jit
@@ -207,15 +203,9 @@ def cross_entropy_fwd(logits, target, out):
         else:
             acc += out.dtype.type(math.nan)
     red[tid] = acc
-    cuda.syncthreads()
-    half = RED_THREADS // 2
-    while half > 0:
-        if tid < half:
-            red[tid] += red[tid + half]
-        cuda.syncthreads()
-        half //= 2
+    total = block_sum(red, tid)
     if tid == 0:
-        out[0] = red[0] / out.dtype.type(n_b)
+        out[0] = total / out.dtype.type(n_b)
 
 
 @cuda.jit
@@ -253,15 +243,9 @@ def mse_fwd(x, t, out):
         d = x[i] - t[i]
         acc += d * d
     red[tid] = acc
-    cuda.syncthreads()
-    half = RED_THREADS // 2
-    while half > 0:
-        if tid < half:
-            red[tid] += red[tid + half]
-        cuda.syncthreads()
-        half //= 2
+    total = block_sum(red, tid)
     if tid == 0:
-        out[0] = red[0] / out.dtype.type(x.shape[0])
+        out[0] = total / out.dtype.type(x.shape[0])
 
 
 @cuda.jit
@@ -291,16 +275,10 @@ def accumulate_metrics(loss, batch, logits, target, has_target, acc):
             if best == target[i]:
                 hits += acc.dtype.type(1)
     red[tid] = hits
-    cuda.syncthreads()
-    half = RED_THREADS // 2
-    while half > 0:
-        if tid < half:
-            red[tid] += red[tid + half]
-        cuda.syncthreads()
-        half //= 2
+    total = block_sum(red, tid)
     if tid == 0:
         acc[0] += acc.dtype.type(loss[0]) * acc.dtype.type(batch)
-        acc[1] += red[0]
+        acc[1] += total
         acc[2] += acc.dtype.type(batch)
 
 
@@ -314,37 +292,23 @@ def channel_moments(x, mean, var):
     c = cuda.blockIdx.x
     tid = cuda.threadIdx.x
     n_s = x.shape[2]
-    total = x.shape[0] * n_s
+    count = x.shape[0] * n_s
     acc = mean.dtype.type(0)
-    for idx in range(tid, total, RED_THREADS):
+    for idx in range(tid, count, RED_THREADS):
         n = idx // n_s
         acc += x[n, c, idx - n * n_s]
     red[tid] = acc
-    cuda.syncthreads()
-    half = RED_THREADS // 2
-    while half > 0:
-        if tid < half:
-            red[tid] += red[tid + half]
-        cuda.syncthreads()
-        half //= 2
-    m = red[0] / mean.dtype.type(total)
-    cuda.syncthreads()  # every thread has read red[0] before it is overwritten
+    m = block_sum(red, tid) / mean.dtype.type(count)
     acc = mean.dtype.type(0)
-    for idx in range(tid, total, RED_THREADS):
+    for idx in range(tid, count, RED_THREADS):
         n = idx // n_s
         d = x[n, c, idx - n * n_s] - m
         acc += d * d
     red[tid] = acc
-    cuda.syncthreads()
-    half = RED_THREADS // 2
-    while half > 0:
-        if tid < half:
-            red[tid] += red[tid + half]
-        cuda.syncthreads()
-        half //= 2
+    total = block_sum(red, tid)
     if tid == 0:
         mean[c] = m
-        var[c] = red[0] / var.dtype.type(total)
+        var[c] = total / var.dtype.type(count)
 
 
 @cuda.jit
@@ -382,7 +346,6 @@ def batch_norm_apply(x, mean, var, eps, weight, bias, affine, xhat, invstd, y):
 def batch_norm_grad_sums(g, xhat, sum_g, sum_gx):
     """sum_g[c] = sum g[:, c, :], sum_gx[c] = sum (g xhat)[:, c, :]: one block per channel."""
     red = cuda.shared.array(RED_THREADS, dtype=sum_g.dtype)
-    red2 = cuda.shared.array(RED_THREADS, dtype=sum_g.dtype)
     c = cuda.blockIdx.x
     tid = cuda.threadIdx.x
     n_s = g.shape[2]
@@ -394,18 +357,12 @@ def batch_norm_grad_sums(g, xhat, sum_g, sum_gx):
         a += v
         b += v * xhat[n, c, idx - n * n_s]
     red[tid] = a
-    red2[tid] = b
-    cuda.syncthreads()
-    half = RED_THREADS // 2
-    while half > 0:
-        if tid < half:
-            red[tid] += red[tid + half]
-            red2[tid] += red2[tid + half]
-        cuda.syncthreads()
-        half //= 2
+    total_g = block_sum(red, tid)
+    red[tid] = b
+    total_gx = block_sum(red, tid)
     if tid == 0:
-        sum_g[c] = red[0]
-        sum_gx[c] = red2[0]
+        sum_g[c] = total_g
+        sum_gx[c] = total_gx
 
 
 @cuda.jit

@@ -1,0 +1,29 @@
+"""Block-wide building blocks shared by the CUDA kernels.
+
+``inline="always"`` makes Numba paste the body into each calling kernel at compile time, so
+those kernels still compile to PTX without a GPU (a separately compiled device function needs
+a live device to be linked; see tests/cuda/test_cuda_compile.py), and the simulator runs them
+as plain calls.
+"""
+from numba import cuda
+
+
+@cuda.jit(device=True, inline="always")
+def block_sum(red, tid):
+    """The sum of ``red`` over the block, returned to every thread.
+
+    ``red`` is a shared array with one slot per thread (a power-of-two length), into which each
+    thread ``tid`` has written its partial sum.  A fixed tree (the same order on every run:
+    deterministic, no atomics).  Every thread of the block must call it, since it holds
+    barriers; ``red`` may be written again as soon as it returns.
+    """
+    cuda.syncthreads()
+    half = red.shape[0] // 2
+    while half > 0:
+        if tid < half:
+            red[tid] += red[tid + half]
+        cuda.syncthreads()
+        half //= 2
+    total = red[0]
+    cuda.syncthreads()  # every thread has read the total before red is reused
+    return total
