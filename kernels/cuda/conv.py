@@ -143,6 +143,25 @@ def conv2d_grad_input(g, weight, sh, sw, ph, pw, dh, dw, gx):
         gx[n, c, a, b] = acc
 
 
+@cuda.jit(device=True, inline="always")
+def _tap_partial(g, x, o, c, p, q, sh, sw, ph, pw, dh, dw, tid, stride):
+    """This thread's share of sum_{n, r, j} g[n, o, r, j] * x[n, c, r*sh - ph + p*dh, j*sw - pw + q*dw]:
+    the (n, r, j) with flat index tid, tid + stride, ... (j fastest: coalesced), padding skipped."""
+    h, w = x.shape[2], x.shape[3]
+    out_h, out_w = g.shape[2], g.shape[3]
+    acc = g.dtype.type(0)
+    for idx in range(tid, x.shape[0] * out_h * out_w, stride):
+        j = idx % out_w
+        s = idx // out_w
+        r = s % out_h
+        n = s // out_h
+        a = r * sh - ph + p * dh
+        b = j * sw - pw + q * dw
+        if a >= 0 and a < h and b >= 0 and b < w:
+            acc += g[n, o, r, j] * x[n, c, a, b]
+    return acc
+
+
 @cuda.jit
 def conv2d_grad_weight(g, x, sh, sw, ph, pw, dh, dw, gw):
     """gw[o, c, p, q] = sum_{n, r, j} g[n, o, r, j] * x[n, c0 + c, r*sh - ph + p*dh, j*sw - pw + q*dw].
@@ -150,9 +169,8 @@ def conv2d_grad_weight(g, x, sh, sw, ph, pw, dh, dw, gw):
     g (N, O, OH, OW); x (N, C, H, W); gw (O, C/groups, KH, KW) preallocated and overwritten.
     """
     red = cuda.shared.array(RED_THREADS, dtype=gw.dtype)
-    n_img, n_c, h, w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    n_c = x.shape[1]
     n_o, c_g, kh, kw = gw.shape[0], gw.shape[1], gw.shape[2], gw.shape[3]
-    out_h, out_w = g.shape[2], g.shape[3]
     k = cuda.blockIdx.x
     q = k % kw
     t = k // kw
@@ -162,17 +180,7 @@ def conv2d_grad_weight(g, x, sh, sw, ph, pw, dh, dw, gw):
     o = t // c_g
     c = (o // (n_o // (n_c // c_g))) * c_g + ci
     tid = cuda.threadIdx.x
-    acc = gw.dtype.type(0)
-    for idx in range(tid, n_img * out_h * out_w, RED_THREADS):
-        j = idx % out_w
-        s = idx // out_w
-        r = s % out_h
-        n = s // out_h
-        a = r * sh - ph + p * dh
-        b = j * sw - pw + q * dw
-        if a >= 0 and a < h and b >= 0 and b < w:
-            acc += g[n, o, r, j] * x[n, c, a, b]
-    red[tid] = acc
+    red[tid] = _tap_partial(g, x, o, c, p, q, sh, sw, ph, pw, dh, dw, tid, RED_THREADS)
     total = block_sum(red, tid)
     if tid == 0:
         gw[o, ci, p, q] = total
@@ -303,8 +311,7 @@ def sparse_conv2d_grad_weight(g, x, indptr, indices, groups, kh, kw, sh, sw, ph,
     (n, r, j) with j fastest (coalesced), fixed tree reduction.  gw (nnz,) overwritten.
     """
     red = cuda.shared.array(RED_THREADS, dtype=gw.dtype)
-    n_img, n_c, h, w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
-    n_o, out_h, out_w = g.shape[1], g.shape[2], g.shape[3]
+    n_c, n_o = x.shape[1], g.shape[1]
     k = cuda.blockIdx.x
     lo = 0
     hi = n_o  # find o with indptr[o] <= k < indptr[o + 1] (the last such row: skips empty rows)
@@ -323,17 +330,7 @@ def sparse_conv2d_grad_weight(g, x, indptr, indices, groups, kh, kw, sh, sw, ph,
     q = pq - p * kw
     c = (o // (n_o // groups)) * (n_c // groups) + c
     tid = cuda.threadIdx.x
-    acc = gw.dtype.type(0)
-    for idx in range(tid, n_img * out_h * out_w, RED_THREADS):
-        j = idx % out_w
-        s = idx // out_w
-        r = s % out_h
-        n = s // out_h
-        a = r * sh - ph + p * dh
-        b = j * sw - pw + q * dw
-        if a >= 0 and a < h and b >= 0 and b < w:
-            acc += g[n, o, r, j] * x[n, c, a, b]
-    red[tid] = acc
+    red[tid] = _tap_partial(g, x, o, c, p, q, sh, sw, ph, pw, dh, dw, tid, RED_THREADS)
     total = block_sum(red, tid)
     if tid == 0:
         gw[k] = total
