@@ -384,8 +384,7 @@ class Trainer:
         self.device = self._device_arg or self.model.device
         if self.model.device != self.device:
             self.model.to(self.device)
-        if self.device == "cuda" or self.model.device != "cpu":
-            self._move_optimizer(self.device)
+        self._move_optimizer(self.device)  # state left on another device by an earlier run
         self.model.train()
         self._call("on_train_begin")
         for epoch in range(self.initial_epoch, self.epochs):
