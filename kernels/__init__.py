@@ -658,7 +658,7 @@ def topk_abs_grad(indptr, indices, g, x, k, *, tile_rows=None):
 # device arrays the kernels of kernels/cuda/ops.py, so a model on the GPU never leaves it.
 # ---------------------------------------------------------------------------------------------
 __all__ += [
-    "on_device", "ascontiguous", "copy", "add_", "bias_add_", "batch_sum", "channel_sum", "matmul",
+    "on_device", "ascontiguous", "reshape", "copy", "add_", "bias_add_", "batch_sum", "channel_sum", "matmul",
     "ACTIVATIONS", "activation", "activation_backward", "scaled_mul", "cross_entropy",
     "cross_entropy_backward", "mse_loss", "mse_loss_backward",
 ]
@@ -674,6 +674,17 @@ def ascontiguous(a):
     if _device.is_device_array(a):
         return _gpu().contiguous(a)
     return np.ascontiguousarray(a)
+
+
+def reshape(a, shape):
+    """``a.reshape(shape)`` in C order on ``a``'s device.
+
+    A device array is made C-contiguous first: numba's reshape reinterprets an F-ordered
+    array's memory (the sparse products' output) instead of copying it as NumPy does.
+    """
+    if _device.is_device_array(a):
+        return _gpu().contiguous(a).reshape(shape)
+    return a.reshape(shape)
 
 
 def copy(a):
@@ -864,8 +875,7 @@ def softmax(x, axis=-1):
         shape = tuple(x.shape)
         if axis not in (-1, len(shape) - 1):
             raise NotImplementedError(f"softmax on CUDA runs along the last axis only; got axis={axis}")
-        kc = _gpu()
-        return kc.softmax_rows(kc.contiguous(x).reshape(-1, shape[-1])).reshape(shape)
+        return _gpu().softmax_rows(reshape(x, (-1, shape[-1]))).reshape(shape)
     z = x - np.max(x, axis=axis, keepdims=True)
     e = np.exp(z)
     return e / np.sum(e, axis=axis, keepdims=True)
@@ -877,9 +887,8 @@ def softmax_backward(y, g, axis=-1):
         shape = tuple(y.shape)
         if axis not in (-1, len(shape) - 1):
             raise NotImplementedError(f"softmax on CUDA runs along the last axis only; got axis={axis}")
-        kc = _gpu()
         flat = (-1, shape[-1])
-        return kc.softmax_rows_backward(kc.contiguous(y).reshape(flat), kc.contiguous(g).reshape(flat)).reshape(shape)
+        return _gpu().softmax_rows_backward(reshape(y, flat), reshape(g, flat)).reshape(shape)
     return y * (g - np.sum(g * y, axis=axis, keepdims=True))
 
 

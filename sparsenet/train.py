@@ -191,12 +191,6 @@ def _is_classification(output, target):
     return output.ndim == 2 and np.ndim(target) == 1 and np.asarray(target).dtype.kind in "iu"
 
 
-def _correct(output, target):
-    if _is_classification(output, target):
-        return int(np.sum(np.argmax(output, axis=1) == target))
-    return None
-
-
 class _Meter:
     """Running loss sum and correct count of an epoch, where the model computes.
 
@@ -225,7 +219,8 @@ class _Meter:
         value = float(value)
         self.loss += value * batch
         self.n += batch
-        self.correct += _correct(output, target_host) or 0
+        if scored:
+            self.correct += int(np.sum(np.argmax(output, axis=1) == target_host))
         return value
 
     def result(self):
@@ -360,7 +355,7 @@ class Trainer:
 
     def _call(self, hook, *args):
         # One host round trip per hook call, and only when a host-only callback needs it now.
-        needs_host = self.model.device == "cuda" and any(
+        needs_host = self.device == "cuda" and any(
             getattr(cb, "needs_host", lambda *_: False)(hook, self) for cb in self.callbacks)
         if needs_host:
             self.model._to_host_for_a_while()

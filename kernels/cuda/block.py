@@ -27,3 +27,13 @@ def block_sum(red, tid):
     total = red[0]
     cuda.syncthreads()  # every thread has read the total before red is reused
     return total
+
+
+@cuda.jit(device=True, inline="always")
+def unravel4(idx, n1, n2, n3):
+    """(i, j, k, l) of flat C-order index ``idx`` into a (n0, n1, n2, n3) array."""
+    l = idx % n3
+    t = idx // n3
+    k = t % n2
+    t //= n2
+    return t // n1, t % n1, k, l

@@ -33,7 +33,7 @@ channel_sum           (RED_THREADS,)        (O,)
 """
 from numba import cuda
 
-from .block import block_sum
+from .block import block_sum, unravel4
 
 CONV_TX = 32
 CONV_TY = 8
@@ -365,12 +365,7 @@ def local2d_fwd(x, weight, bias, kh, kw, sh, sw, ph, pw, out):
     taps = kh * kw
     total = out.shape[0] * n_o * out_h * out_w
     for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
-        j = idx % out_w
-        t = idx // out_w
-        r = t % out_h
-        t //= out_h
-        o = t % n_o
-        n = t // n_o
+        n, o, r, j = unravel4(idx, n_o, out_h, out_w)
         acc = bias[o, r, j]
         for c in range(n_c):
             for p in range(kh):
@@ -395,12 +390,7 @@ def local2d_grad_input(g, weight, kh, kw, sh, sw, ph, pw, gx):
     taps = kh * kw
     total = gx.shape[0] * n_c * h * w
     for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
-        b = idx % w
-        t = idx // w
-        a = t % h
-        t //= h
-        c = t % n_c
-        n = t // n_c
+        n, c, a, b = unravel4(idx, n_c, h, w)
         acc = gx.dtype.type(0)
         for p in range(kh):
             tr = a + ph - p
@@ -428,12 +418,7 @@ def local2d_grad_weight(g, x, kh, kw, sh, sw, ph, pw, gw):
     taps = kh * kw
     total = out_h * out_w * n_o * n_k
     for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
-        k = idx % n_k
-        t = idx // n_k
-        o = t % n_o
-        t //= n_o
-        j = t % out_w
-        r = t // out_w
+        r, j, o, k = unravel4(idx, out_w, n_o, n_k)
         c = k // taps
         pq = k - c * taps
         p = pq // kw

@@ -26,7 +26,7 @@ import math
 
 from numba import cuda
 
-from .block import block_sum
+from .block import block_sum, unravel4
 
 THREADS = 256
 MAX_BLOCKS = 16384
@@ -167,14 +167,8 @@ def copy_2d(a, out):
 def copy_4d(a, out):
     """out[...] = a[...] for 4-D arrays; a of any strides, out C-contiguous."""
     n1, n2, n3 = out.shape[1], out.shape[2], out.shape[3]
-    total = out.shape[0] * n1 * n2 * n3
-    for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
-        l = idx % n3
-        t = idx // n3
-        k = t % n2
-        t //= n2
-        j = t % n1
-        i = t // n1
+    for idx in range(cuda.grid(1), out.shape[0] * n1 * n2 * n3, cuda.gridsize(1)):
+        i, j, k, l = unravel4(idx, n1, n2, n3)
         out[i, j, k, l] = a[i, j, k, l]
 
 

@@ -31,14 +31,11 @@ def _as_batch(a, name, features, dtype, what):
 
 
 def _reshape(a, shape):
-    """``a.reshape(shape)`` in C order, skipped when nothing changes (the usual 2-D case, which
-    keeps the sparse products' F-ordered output as it is).  A device array is made C-contiguous
-    first: numba's reshape reinterprets an F-ordered array's memory instead of copying it."""
+    """``kernels.reshape(a, shape)``, skipped when nothing changes: the usual 2-D case keeps the
+    sparse products' F-ordered output as it is."""
     if len(shape) == len(_shape(a)) and all(s in (-1, t) for s, t in zip(shape, _shape(a))):
         return a
-    if kernels.on_device(a=a):
-        a = kernels.ascontiguous(a)
-    return a.reshape(shape)
+    return kernels.reshape(a, shape)
 
 
 def _check_bias(bias, out_features, dtype):

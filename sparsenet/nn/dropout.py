@@ -90,8 +90,6 @@ class Flatten(Module):
 
     def forward(self, x):
         x = as_float_array(x, "x")
-        if kernels.on_device(x=x):
-            x = kernels.ascontiguous(x)  # device arrays reshape only when contiguous
         nd = x.ndim
         start = self.start_dim + nd if self.start_dim < 0 else self.start_dim
         end = self.end_dim + nd if self.end_dim < 0 else self.end_dim
@@ -100,15 +98,13 @@ class Flatten(Module):
                 f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim}) needs an input with more "
                 f"dimensions; got shape {x.shape}"
             )
-        self._save(x.shape)
-        return x.reshape(x.shape[:start] + (-1,) + x.shape[end + 1:])
+        shape = tuple(x.shape)
+        self._save(shape)
+        return kernels.reshape(x, shape[:start] + (-1,) + shape[end + 1:])
 
     def backward(self, grad_out):
         shape = self._saved()
-        grad_out = as_float_array(grad_out, "grad_out")
-        if kernels.on_device(grad_out=grad_out):
-            grad_out = kernels.ascontiguous(grad_out)
-        return grad_out.reshape(shape)
+        return kernels.reshape(as_float_array(grad_out, "grad_out"), shape)
 
     def get_config(self):
         return {"start_dim": self.start_dim, "end_dim": self.end_dim}

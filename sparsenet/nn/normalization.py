@@ -50,9 +50,7 @@ class _BatchNorm(Module):
     def _as_ncs(a):
         """(N, C, S) view (or copy) of an (N, C, *spatial) array: the kernels' one layout."""
         shape = tuple(a.shape)
-        if kernels.on_device(a=a):
-            a = kernels.ascontiguous(a)  # device arrays reshape only when contiguous
-        return a.reshape(shape[0], shape[1], int(np.prod(shape[2:], dtype=np.int64)))
+        return kernels.reshape(a, (shape[0], shape[1], int(np.prod(shape[2:], dtype=np.int64))))
 
     def forward(self, x):
         x = self._check_input(x)
