@@ -358,3 +358,22 @@ def test_batch_norm_dtype_mismatch_on_device_is_a_clear_error():
     bn = nn.BatchNorm1d(3).to("cuda")  # float32
     with pytest.raises(TypeError, match="BatchNorm1d is float32 but x is float64"):
         bn(_dev(np.ones((4, 3))))
+
+
+@pytest.mark.parametrize("name,make,shape", [c for c in _layer_cases() if c[0] in (
+    "sparse_conv", "local", "batchnorm2d", "softmax", "linear", "sigmoid")], ids=lambda c: c if isinstance(c, str) else "")
+def test_device_backward_passes_a_float64_directional_gradient_check(rng, name, make, shape):
+    """<grad_x, v> from the device backward equals the central difference of <y, r> along v,
+    both evaluated with device forwards (float64, eps 1e-6)."""
+    layer = make().to("cuda")
+    x, v = rng.standard_normal(shape), rng.standard_normal(shape)
+    r = rng.standard_normal(_host(layer(_dev(x))).shape)
+    layer.backward(_dev(r))  # consume the probe forward
+    layer(_dev(x))
+    analytic = float(np.sum(_host(layer.backward(_dev(r))) * v))
+    eps = 1e-6
+    f_plus = float(np.sum(_host(layer(_dev(x + eps * v))) * r))
+    layer.backward(_dev(r))
+    f_minus = float(np.sum(_host(layer(_dev(x - eps * v))) * r))
+    layer.backward(_dev(r))
+    assert analytic == pytest.approx((f_plus - f_minus) / (2 * eps), rel=1e-6, abs=1e-8)
