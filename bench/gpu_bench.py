@@ -6,8 +6,10 @@ Standalone script (not collected by pytest).  On a machine with an NVIDIA GPU:
     python bench/gpu_bench.py --suite csr --shapes 0,3    # a subset
     NUMBA_ENABLE_CUDASIM=1 python bench/gpu_bench.py --dry-run   # plumbing check, no timing
 
-Suites (``--suite csr,conv,train``, default all):
+Suites (``--suite overhead,csr,conv,train``, default all):
 
+* ``overhead``: host cost per call (numba's empty-kernel launch, a device allocation, a tiny
+  sparsenet SpMM) against torch's: what bounds small, launch-bound layers.
 * ``csr``, float32, Y = X W^T with W a random CSR (n_out, n_in) matrix, X (batch, n_in):
 
   ``spmm`` (forward) vs torch CSR ``W @ X^T`` (cuSPARSE); ``spmm_t`` (grad input G W) vs torch
@@ -22,7 +24,8 @@ Suites (``--suite csr,conv,train``, default all):
 
 Every op gets warm-up calls (JIT compilation, cuSPARSE handle creation), then ``--repeat``
 launches between two CUDA events; the median of ``--trials`` such runs divided by ``--repeat``
-is reported.  Operands are already on the device and feature-major where sparsenet wants them
+is reported, twice for single ops: *throughput* (a Python loop of calls, host overhead included)
+and *GPU time* (the same calls queued behind a sleeping kernel, so only the kernels are timed).  Operands are already on the device and feature-major where sparsenet wants them
 (the layout a chain of sparsenet layers produces); host-to-device transfer of X and W is
 measured separately and reported in its own columns.  Nothing is estimated: a peer that is not
 available (no torch CUDA) is reported as "n/a".
@@ -32,6 +35,7 @@ import os
 import pathlib
 import statistics
 import sys
+import time
 
 import numpy as np
 
@@ -54,7 +58,8 @@ DRY_SHAPE = (3, 9, 7, 0.3)
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--suite", default="csr,conv,train", help="comma-separated suites: csr, conv, train")
+    p.add_argument("--suite", default="overhead,csr,conv,train",
+                   help="comma-separated suites: overhead, csr, conv, train")
     p.add_argument("--shapes", default="all", help="comma-separated indices into SHAPES (csr suite), or 'all'")
     p.add_argument("--repeat", type=int, default=20, help="launches per timed event pair")
     p.add_argument("--trials", type=int, default=5, help="event-timed runs; the median is reported")
@@ -78,45 +83,109 @@ def parse_args(argv=None):
         args.warmup = 0
         args.no_torch = True
     args.suites = [x.strip() for x in args.suite.split(",") if x.strip()]
-    unknown = set(args.suites) - {"csr", "conv", "train"}
+    unknown = set(args.suites) - {"overhead", "csr", "conv", "train"}
     if unknown:
-        p.error(f"unknown suites {sorted(unknown)}; choose from csr, conv, train")
+        p.error(f"unknown suites {sorted(unknown)}; choose from overhead, csr, conv, train")
     if args.repeat < 1 or args.trials < 1 or args.warmup < 0:
         p.error("--repeat and --trials must be >= 1, --warmup >= 0")
     return args
 
 
-def _time(fn, cuda, args):
-    """Median seconds per call of fn, CUDA events around ``repeat`` launches, device synced."""
+def _time(fn, cuda, args, gpu_only=False):
+    """Seconds per call of fn: ``(throughput, gpu)``, or the throughput alone.
+
+    *throughput*: the median over ``trials`` of CUDA-event time around ``repeat`` back-to-back
+    calls from Python, i.e. what a user's loop gets; when the kernel is shorter than the host
+    work of a call (numba's dispatcher, argument checks, output allocation), this is host-bound.
+    *gpu* (``gpu_only=True``): the same calls queued behind a sleeping kernel, so that the host
+    has enqueued them all before the GPU reaches the first: the events then time the kernels
+    alone.  A trial whose enqueueing outlasted the sleep (something in the call synchronised)
+    does not count; if none counts, ``gpu`` is None.
+    """
     for _ in range(args.warmup):
         fn()
     cuda.synchronize()
-    runs = []
+    runs, gpu_runs = [], []
     for _ in range(args.trials):
         start, stop = cuda.event(), cuda.event()
+        t0 = time.perf_counter()
         start.record()
         for _ in range(args.repeat):
             fn()
         stop.record()
+        host = time.perf_counter() - t0
         stop.synchronize()
         runs.append(cuda.event_elapsed_time(start, stop) / 1e3 / args.repeat)
-    return statistics.median(runs)
+        if gpu_only:
+            gpu_runs += _queued(fn, args, host, _numba_sleeper(cuda), cuda.event, cuda.event_elapsed_time,
+                                cuda.defer_cleanup)
+    tput = statistics.median(runs)
+    if not gpu_only:
+        return tput
+    return tput, (statistics.median(gpu_runs) if gpu_runs else None)
 
 
-def _time_torch(fn, torch, args):
+def _queued(fn, args, host, sleep, make_event, elapsed_ms, defer):
+    """One trial of ``repeat`` calls queued behind ``sleep(seconds)``; [] if the queue ran dry."""
+    e0, start, stop = make_event(), make_event(), make_event()
+    t0 = time.perf_counter()
+    e0.record()
+    sleep(3 * host + 0.005)
+    start.record()
+    with defer():  # numba frees device memory in batches, and cudaFree synchronises
+        for _ in range(args.repeat):
+            fn()
+    stop.record()
+    enqueued = time.perf_counter() - t0
+    stop.synchronize()
+    slept = elapsed_ms(e0, start) / 1e3
+    return [elapsed_ms(start, stop) / 1e3 / args.repeat] if enqueued < slept else []
+
+
+_SLEEPER = []
+
+
+def _numba_sleeper(cuda):
+    """``sleep(seconds)``: one GPU thread sleeping about that long (``nanosleep``, sm_70+)."""
+    if not _SLEEPER:
+        @cuda.jit
+        def sleep_ms(n_ms):
+            for _ in range(n_ms):
+                cuda.nanosleep(1000000)
+
+        _SLEEPER.append(lambda seconds: sleep_ms[1, 1](int(seconds * 1e3) + 1))
+    return _SLEEPER[0]
+
+
+def _time_torch(fn, torch, args, gpu_only=False):
+    """:func:`_time` for torch ops (torch's events; ``torch.cuda._sleep`` spins, ~2 GHz clock)."""
+    import contextlib
+
     for _ in range(args.warmup):
         fn()
     torch.cuda.synchronize()
-    runs = []
+    runs, gpu_runs = [], []
+
+    def make_event():
+        return torch.cuda.Event(enable_timing=True)
+
     for _ in range(args.trials):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start, stop = make_event(), make_event()
+        t0 = time.perf_counter()
         start.record()
         for _ in range(args.repeat):
             fn()
         stop.record()
+        host = time.perf_counter() - t0
         stop.synchronize()
         runs.append(start.elapsed_time(stop) / 1e3 / args.repeat)
-    return statistics.median(runs)
+        if gpu_only:
+            gpu_runs += _queued(fn, args, host, lambda s: torch.cuda._sleep(int(s * 2.0e9)), make_event,
+                                lambda a, b: a.elapsed_time(b), contextlib.nullcontext)
+    tput = statistics.median(runs)
+    if not gpu_only:
+        return tput
+    return tput, (statistics.median(gpu_runs) if gpu_runs else None)
 
 
 def bench_shape(shape, args, rng):
@@ -151,7 +220,7 @@ def bench_shape(shape, args, rng):
             fn()
             row[name] = None
         else:
-            row[name] = _time(fn, cuda, args)
+            row[name], row[name + "_gpu"] = _time(fn, cuda, args, gpu_only=True)
 
     if args.dry_run:
         from sparsenet.kernels import reference as ref
@@ -188,21 +257,31 @@ def bench_torch(w, x, g, args):
     # sampled_addmm(input CSR pattern, mat1, mat2): (G^T X) on W's pattern
     pattern = torch.sparse_csr_tensor(w_csr.crow_indices(), w_csr.col_indices(),
                                       torch.zeros_like(w_csr.values()), size=w.shape)
+    ops = {
+        "torch_spmm": lambda: w_csr @ tx_t,
+        "torch_spmm_t": lambda: wt_csr @ tg_t,
+        "torch_sddmm": lambda: torch.sparse.sampled_addmm(pattern, tg_t, tx, beta=0.0),
+        "cublas_dense": lambda: tx @ w_dense.t(),
+    }
     out = {}
-    out["torch_spmm"] = _time_torch(lambda: w_csr @ tx_t, torch, args)
-    out["torch_spmm_t"] = _time_torch(lambda: wt_csr @ tg_t, torch, args)
-    out["torch_sddmm"] = _time_torch(lambda: torch.sparse.sampled_addmm(pattern, tg_t, tx, beta=0.0), torch, args)
-    out["cublas_dense"] = _time_torch(lambda: tx @ w_dense.t(), torch, args)
+    for name, fn in ops.items():
+        out[name], out[name + "_gpu"] = _time_torch(fn, torch, args, gpu_only=True)
     return out
 
 
-COLUMNS = [
+CSR_OPS = (("spmm", "torch_spmm"), ("spmm_t", "torch_spmm_t"), ("sddmm", "torch_sddmm"))
+CSR_COLUMNS = [
     ("case", "case"), ("nnz", "nnz"),
     ("spmm", "sparsenet spmm"), ("torch_spmm", "torch CSR (cuSPARSE)"),
     ("spmm_t", "sparsenet spmm_t"), ("torch_spmm_t", "torch CSR W^T"),
     ("sddmm", "sparsenet sddmm"), ("torch_sddmm", "sampled_addmm"),
     ("cublas_dense", "cuBLAS dense"), ("h2d_x", "H2D X"), ("h2d_w", "H2D W"),
 ]
+
+
+def _gpu_columns(columns):
+    """The same table with each timed column's kernel-only (queued) time."""
+    return [(k if k in ("case", "nnz") else k + "_gpu", h) for k, h in columns if not k.startswith("h2d")]
 
 
 def _fmt(v):
@@ -215,19 +294,24 @@ def _fmt(v):
     return f"{v * 1e6:.1f} µs" if v < 1e-3 else f"{v * 1e3:.3f} ms"
 
 
-def markdown(rows):
-    lines = ["| " + " | ".join(h for _, h in COLUMNS) + " |",
-             "|" + "---|" * len(COLUMNS)]
+def _measured(rows, fn):
+    """Compute each row, echoing it to stderr at once (a run cut short still leaves its rows)."""
+    out = []
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(k)) for k, _ in COLUMNS) + " |")
-    ratio = ["", "ratios (peer time / sparsenet time, > 1 means sparsenet is faster):"]
-    for r in rows:
-        parts = []
-        for ours, peer in (("spmm", "torch_spmm"), ("spmm_t", "torch_spmm_t"), ("sddmm", "torch_sddmm")):
-            if r.get(ours) and r.get(peer):
-                parts.append(f"{ours} {r[peer] / r[ours]:.2f}x")
-        ratio.append(f"- {r['case']}: " + (", ".join(parts) if parts else "n/a"))
-    return "\n".join(lines + ratio)
+        row = fn(r)
+        print("#", {k: (_fmt(v) if isinstance(v, float) else v) for k, v in row.items()}, file=sys.stderr, flush=True)
+        out.append(row)
+    return out
+
+
+def _timed_tables(title, columns, rows, ratios):
+    """Throughput table, then the kernel-only table with the ratios renamed accordingly."""
+    gpu_ratios = tuple((a + "_gpu", b + "_gpu") for a, b in ratios)
+    return "\n\n".join([
+        f"### {title}: throughput (calls from a Python loop)", table(columns, rows, ratios),
+        f"### {title}: GPU time (calls queued behind a sleeping kernel: kernels alone)",
+        table(_gpu_columns(columns), rows, gpu_ratios),
+    ])
 
 
 def main(argv=None):
@@ -242,20 +326,64 @@ def main(argv=None):
     if simulated and not args.dry_run:
         print("refusing to time under the CUDA simulator; use --dry-run", file=sys.stderr)
         return 2
-    print(f"device: {reason}")
+    print(f"device: {reason}", flush=True)
     rng = np.random.default_rng(args.seed)
+    if "overhead" in args.suites and not args.dry_run:
+        print(table(OVERHEAD_COLUMNS, _measured([None], lambda _: bench_overhead(args)), ()) + "\n", flush=True)
     if "csr" in args.suites:
-        rows = [bench_shape(s, args, rng) for s in args.shape_list]
-        print(markdown(rows))
+        rows = _measured(args.shape_list, lambda shape: bench_shape(shape, args, rng))
+        print(_timed_tables("CSR products", CSR_COLUMNS, rows, CSR_OPS) + "\n", flush=True)
     if "conv" in args.suites:
-        print()
-        print(table(CONV_COLUMNS, [bench_conv(c, args, rng) for c in (CONV_CASES[-1:] if args.dry_run else CONV_CASES)],
-                    (("fwd", "torch_fwd"), ("bwd", "torch_bwd"), ("sparse_fwd", "fwd"), ("sparse_bwd", "bwd"))))
+        cases = CONV_CASES[-1:] if args.dry_run else CONV_CASES
+        rows = _measured(cases, lambda case: bench_conv(case, args, rng))
+        print(_timed_tables("conv2d", CONV_COLUMNS, rows, CONV_RATIOS) + "\n", flush=True)
     if "train" in args.suites:
-        print()
         batches = [4] if args.dry_run else TRAIN_BATCHES
-        print(table(TRAIN_COLUMNS, [bench_train(b, args) for b in batches], (("gpu_step", "cpu_step"),)))
+        rows = _measured(batches, lambda b: bench_train(b, args))
+        print(table(TRAIN_COLUMNS, rows, (("gpu_step", "cpu_step"),)), flush=True)
     return 0
+
+
+# ----------------------------------------------------------------------------- overhead suite
+OVERHEAD_COLUMNS = [
+    ("numba_noop", "numba empty kernel"), ("numba_alloc", "numba device_array 4 MiB"),
+    ("spmm_tiny", "sparsenet spmm B=1 16x16"), ("torch_noop", "torch add_ 1k"),
+    ("torch_spmm_tiny", "torch CSR B=1 16x16"),
+]
+
+
+def bench_overhead(args):
+    """Per-call host costs that bound small, launch-bound layers (throughput timing)."""
+    from numba import cuda
+
+    from sparsenet import CSRMatrix
+    from sparsenet.kernels import cuda as kc
+
+    @cuda.jit
+    def noop(a):
+        pass
+
+    d = cuda.device_array(1024, np.float32)
+    w = CSRMatrix.random((16, 16), 0.25, rng=0, dtype=np.float32)
+    wd = w.to("cuda")
+    x = np.ones((1, 16), np.float32)
+    d_x = cuda.to_device(np.asfortranarray(x))
+    row = {
+        "numba_noop": _time(lambda: noop[1, 32](d), cuda, args),
+        "numba_alloc": _time(lambda: cuda.device_array(1 << 20, np.float32), cuda, args),
+        "spmm_tiny": _time(lambda: kc.spmm(wd.indptr, wd.indices, wd.data, d_x), cuda, args),
+    }
+    try:
+        import torch
+    except ImportError:
+        return row
+    if torch.cuda.is_available():
+        t = torch.zeros(1024, device="cuda")
+        w_csr = torch.from_numpy(w.to_dense()).to("cuda").to_sparse_csr()
+        tx_t = torch.from_numpy(x.T.copy()).to("cuda")
+        row["torch_noop"] = _time_torch(lambda: t.add_(1.0), torch, args)
+        row["torch_spmm_tiny"] = _time_torch(lambda: w_csr @ tx_t, torch, args)
+    return row
 
 
 # ----------------------------------------------------------------------------- conv suite
@@ -271,6 +399,7 @@ CONV_COLUMNS = [
     ("case", "case"), ("fwd", "sparsenet fwd"), ("torch_fwd", "cuDNN fwd"), ("bwd", "sparsenet bwd (x+w)"),
     ("torch_bwd", "cuDNN bwd (x+w)"), ("sparse_fwd", "sparse fwd 90%"), ("sparse_bwd", "sparse bwd 90%"),
 ]
+CONV_RATIOS = (("fwd", "torch_fwd"), ("bwd", "torch_bwd"), ("sparse_fwd", "fwd"), ("sparse_bwd", "bwd"))
 
 
 def bench_conv(case, args, rng):
@@ -300,7 +429,7 @@ def bench_conv(case, args, rng):
         if args.dry_run:
             fn()
         else:
-            row[name] = _time(fn, cuda, args)
+            row[name], row[name + "_gpu"] = _time(fn, cuda, args, gpu_only=True)
     if args.dry_run:
         from sparsenet.kernels import reference as ref
 
@@ -327,8 +456,10 @@ def _torch_conv(x, w, b, g, stride, pad, args):
     ty = conv(tx, tw, tb, stride=stride, padding=pad)
     out = {}
     with torch.no_grad():
-        out["torch_fwd"] = _time_torch(lambda: conv(tx, tw, tb, stride=stride, padding=pad), torch, args)
-    out["torch_bwd"] = _time_torch(lambda: torch.autograd.grad(ty, (tx, tw), tg, retain_graph=True), torch, args)
+        out["torch_fwd"], out["torch_fwd_gpu"] = _time_torch(
+            lambda: conv(tx, tw, tb, stride=stride, padding=pad), torch, args, gpu_only=True)
+    out["torch_bwd"], out["torch_bwd_gpu"] = _time_torch(
+        lambda: torch.autograd.grad(ty, (tx, tw), tg, retain_graph=True), torch, args, gpu_only=True)
     return out
 
 

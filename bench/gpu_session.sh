@@ -7,20 +7,26 @@
 #
 # numba-cuda 0.30.4 fails with NumPy 2.5 (shared/GPU.md): put the NumPy 2.3.5 wheel for the
 # machine's Python in .whl/ first; it is installed ahead of the system NumPy.
+# TEST_TIMEOUT / BENCH_TIMEOUT (seconds) bound the two stages so that a lease is never overrun.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu-results}"
 mkdir -p "$out"
-export PYTHONPATH="$PWD"
+export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1 NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS=0
+export SPARSENET_EXPECT_GPU=1 CI=1  # tests/cuda refuses to skip; hypothesis' CI profile
 if compgen -G ".whl/numpy-*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/numpy-*.whl
   export PYTHONPATH="/tmp/site:$PWD"
 fi
-{ nvidia-smi -L; python3 -c "import numpy, numba; print('numpy', numpy.__version__, 'numba', numba.__version__)"; } \
-  > "$out/device.txt" 2>&1
-python3 -m pytest -q -p no:cacheprovider tests/cuda > "$out/cuda_tests.txt" 2>&1
+{ nvidia-smi -L; python3 -c "import numpy, numba, numba_cuda; print('numpy', numpy.__version__, 'numba', numba.__version__, 'numba-cuda', numba_cuda.__version__)"
+  python3 -c "from numba import cuda; cuda.detect()"; } > "$out/device.txt" 2>&1
+# Compilation dominates the suite on a GPU: spread it over the cores when pytest-xdist is there.
+par=(); python3 -c "import xdist" 2>/dev/null && par=(-n "${TEST_WORKERS:-12}")
+timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -rfEs -p no:cacheprovider "${par[@]}" tests/cuda \
+  > "$out/cuda_tests.txt" 2>&1
 tests=$?
-python3 bench/gpu_bench.py "$@" > "$out/gpu_bench.md" 2>&1
+timeout "${BENCH_TIMEOUT:-300}" python3 bench/gpu_bench.py "$@" > "$out/gpu_bench.md" 2> "$out/gpu_bench.err"
 bench=$?
-cat "$out/device.txt"; tail -15 "$out/cuda_tests.txt"; cat "$out/gpu_bench.md"
+cat "$out/device.txt"; tail -25 "$out/cuda_tests.txt"; cat "$out/gpu_bench.md"; tail -5 "$out/gpu_bench.err"
+echo "tests exit $tests, bench exit $bench"
 exit $(( tests != 0 || bench != 0 ))

@@ -22,11 +22,14 @@ _HERE = pathlib.Path(__file__).resolve().parent
 def _real_gpu():
     if SIMULATOR:
         return False
-    import ctypes.util
+    import ctypes
 
     # No driver library, no GPU; and do not let numba try: a failed driver initialisation is
     # remembered by the process and breaks PTX-only compilation (test_cuda_compile.py).
-    if ctypes.util.find_library("cuda") is None:
+    # dlopen, as numba does: the driver may sit outside ldconfig's cache (LD_LIBRARY_PATH).
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
         return False
     try:
         from numba import cuda
@@ -52,6 +55,9 @@ ENABLED = (SIMULATOR or REAL_GPU) and HAVE_NUMBA_CUDA
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "no_cuda_skip: runs without simulator or GPU (skips itself)")
+    if os.environ.get("SPARSENET_EXPECT_GPU") == "1" and not (REAL_GPU and HAVE_NUMBA_CUDA):
+        # bench/gpu_session.sh: a GPU run that silently skipped everything would report nothing.
+        raise pytest.UsageError("SPARSENET_EXPECT_GPU=1 but numba.cuda finds no usable GPU")
 
 
 def pytest_collection_modifyitems(config, items):
