@@ -66,6 +66,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-torch", action="store_true", help="time sparsenet only")
+    p.add_argument("--no-cpu", action="store_true", help="train suite: time the GPU step only")
     p.add_argument("--dry-run", action="store_true",
                    help="one tiny shape, one launch per op, no timing: checks the plumbing "
                         "(runs under NUMBA_ENABLE_CUDASIM=1)")
@@ -326,7 +327,9 @@ def main(argv=None):
     if simulated and not args.dry_run:
         print("refusing to time under the CUDA simulator; use --dry-run", file=sys.stderr)
         return 2
-    print(f"device: {reason}", flush=True)
+    from sparsenet.kernels import cuda as kc
+
+    print(f"device: {reason}; caching allocator: {'on' if kc.memory_stats()['pool'] else 'off'}", flush=True)
     rng = np.random.default_rng(args.seed)
     if "overhead" in args.suites and not args.dry_run:
         print(table(OVERHEAD_COLUMNS, _measured([None], lambda _: bench_overhead(args)), ()) + "\n", flush=True)
@@ -346,7 +349,7 @@ def main(argv=None):
 
 # ----------------------------------------------------------------------------- overhead suite
 OVERHEAD_COLUMNS = [
-    ("numba_noop", "numba empty kernel"), ("numba_alloc", "numba device_array 4 MiB"),
+    ("case", "per call"), ("numba_noop", "numba empty kernel"), ("numba_alloc", "numba device_array 4 MiB"),
     ("spmm_tiny", "sparsenet spmm B=1 16x16"), ("torch_noop", "torch add_ 1k"),
     ("torch_spmm_tiny", "torch CSR B=1 16x16"),
 ]
@@ -369,6 +372,7 @@ def bench_overhead(args):
     x = np.ones((1, 16), np.float32)
     d_x = cuda.to_device(np.asfortranarray(x))
     row = {
+        "case": "host-bound time",
         "numba_noop": _time(lambda: noop[1, 32](d), cuda, args),
         "numba_alloc": _time(lambda: cuda.device_array(1 << 20, np.float32), cuda, args),
         "spmm_tiny": _time(lambda: kc.spmm(wd.indptr, wd.indices, wd.data, d_x), cuda, args),
@@ -496,7 +500,7 @@ def bench_train(batch, args):
     crit = nn.CrossEntropyLoss()
     density = 0.5 if args.dry_run else 0.04
     row = {"case": f"MLP {'-'.join(map(str, sizes))} d={density:g}, batch {batch}"}
-    for device in ("cuda", "cpu"):
+    for device in ("cuda",) if args.no_cpu else ("cuda", "cpu"):
         model = _mlp(sizes, density)
         if device == "cuda":
             model.to("cuda")

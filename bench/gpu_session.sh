@@ -27,6 +27,11 @@ timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -rfEs -p no:cacheprovider "$
 tests=$?
 timeout "${BENCH_TIMEOUT:-300}" python3 bench/gpu_bench.py "$@" > "$out/gpu_bench.md" 2> "$out/gpu_bench.err"
 bench=$?
-cat "$out/device.txt"; tail -25 "$out/cuda_tests.txt"; cat "$out/gpu_bench.md"; tail -5 "$out/gpu_bench.err"
-echo "tests exit $tests, bench exit $bench"
-exit $(( tests != 0 || bench != 0 ))
+# The caching allocator's effect, measured: the host-bound suites again without it.
+SPARSENET_CUDA_POOL=0 timeout "${NOPOOL_TIMEOUT:-90}" python3 bench/gpu_bench.py --suite overhead,train --no-cpu \
+  > "$out/gpu_bench_nopool.md" 2>> "$out/gpu_bench.err"
+nopool=$?
+cat "$out/device.txt"; tail -25 "$out/cuda_tests.txt"; cat "$out/gpu_bench.md" "$out/gpu_bench_nopool.md"
+tail -5 "$out/gpu_bench.err"
+echo "tests exit $tests, bench exit $bench, no-pool bench exit $nopool"
+exit $(( tests != 0 || bench != 0 || nopool != 0 ))

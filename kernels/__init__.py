@@ -676,6 +676,19 @@ def ascontiguous(a):
     return np.ascontiguousarray(a)
 
 
+def product_operand(a):
+    """A 2-D (batch, features) operand in the layout the sparse products read as it is.
+
+    On the device that is F-ordered (feature-major memory): converting an operand once here,
+    with one transpose kernel, spares a transpose in each product it feeds (``grad_out`` feeds
+    both ``spmm_t`` and ``sddmm``; a layer's input feeds ``spmm`` and, at backward, ``sddmm``).
+    Host arrays and other shapes are returned unchanged: the CPU kernels pack their own tiles.
+    """
+    if _device.is_device_array(a) and a.ndim == 2:
+        return _gpu().batch_operand(a)
+    return a
+
+
 def reshape(a, shape):
     """``a.reshape(shape)`` in C order on ``a``'s device.
 

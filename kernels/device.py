@@ -94,6 +94,9 @@ def cuda_available():
         return False, f"numba-cuda is not installed (pip install 'sparsenet[cuda]'): {err}"
     if _simulator_enabled():
         return True, "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1): correct but very slow, for testing only"
+    from .cuda import memory  # noqa: PLC0415
+
+    memory.install()  # the context opened below must already allocate through the cache
     try:
         ok = cuda.is_available()
     except Exception as err:  # a broken driver install raises instead of returning False

@@ -34,16 +34,25 @@ import numpy as np
 __all__ = [
     "to_device", "to_host", "as_device_array", "feature_major", "empty", "zeros",
     "spmm", "spmm_t", "sddmm", "transpose_pattern",
-    "sgd_update", "adam_update",
+    "sgd_update", "adam_update", "empty_cache", "memory_stats",
 ]
 
 _FMT = "{name} must be a CUDA device array (numba device array or __cuda_array_interface__); got {got}"
 
 
-def _cuda():
-    from numba import cuda  # noqa: PLC0415  (lazy: only when a device array has arrived)
+_NUMBA_CUDA = []
 
-    return cuda
+
+def _cuda():
+    """numba.cuda, imported on first use, with the caching allocator installed first."""
+    if not _NUMBA_CUDA:
+        from . import memory  # noqa: PLC0415
+
+        memory.install()  # before any context exists, so that numba allocates through it
+        from numba import cuda  # noqa: PLC0415  (lazy: only when a device array has arrived)
+
+        _NUMBA_CUDA.append(cuda)
+    return _NUMBA_CUDA[0]
 
 
 def _csr():
@@ -97,6 +106,23 @@ def empty(shape, dtype):
     return _cuda().device_array(shape, dtype=np.dtype(dtype))
 
 
+def empty_cache():
+    """Give the device blocks cached by sparsenet's allocator back to the driver (see
+    ``kernels/cuda/memory.py``; like ``torch.cuda.empty_cache``)."""
+    _cuda()
+    from . import memory  # noqa: PLC0415
+
+    memory.empty_cache()
+
+
+def memory_stats():
+    """``{"pool": whether the caching allocator is in use, "cached_bytes": bytes it holds}``."""
+    _cuda()
+    from . import memory  # noqa: PLC0415
+
+    return memory.memory_stats()
+
+
 def _transposed_view(a):
     """(R, C) device array -> its (C, R) transpose as a view (no copy, no kernel).
 
@@ -145,6 +171,12 @@ def feature_major(a, name="x"):
     out = empty(t_shape, a.dtype)
     _launch_transpose(a, out)
     return out
+
+
+def batch_operand(a, name="x"):
+    """(batch, features) device array -> the same values F-ordered, i.e. as the
+    :func:`feature_major` array seen through a transposed view (free when already F-ordered)."""
+    return _transposed_view(feature_major(a, name))
 
 
 def _launch_transpose(a, out):
@@ -374,10 +406,10 @@ def _nchw(a, name):
 
 def _conv_taps_fit(kh, kw):
     conv = _conv()
-    if kh * kw > conv.CONV_WSTAGE:
+    if kh * kw * conv.CONV_OB > conv.CONV_WSTAGE:
         raise NotImplementedError(
-            f"conv2d on CUDA stages whole filters of at most {conv.CONV_WSTAGE} taps in shared memory; "
-            f"got a {kh}x{kw} kernel"
+            f"conv2d on CUDA stages whole filters of {conv.CONV_OB} output channels, at most "
+            f"{conv.CONV_WSTAGE // conv.CONV_OB} taps each, in shared memory; got a {kh}x{kw} kernel"
         )
 
 
@@ -401,7 +433,9 @@ def conv2d(x, weight, bias, stride, padding, dilation):
     bias = zeros((o,), x.dtype) if bias is None else as_device_array(bias, "bias")
     if out.size == 0:
         return out
-    grid, block = _tiled_grid(n * o, out_h, out_w)  # a block per output tile of one (n, o) plane
+    groups = x.shape[1] // weight.shape[1]
+    o_blocks = math.ceil(o // groups / conv.CONV_OB)  # CONV_OB channels of one group per block
+    grid, block = _tiled_grid(n * groups * o_blocks, out_h, out_w)
     conv.conv2d_fwd[grid, block](x, weight, bias, *stride, *padding, *dilation, out)
     return out
 

@@ -4,17 +4,18 @@ x (N, C, H, W), weight (O, C/groups, KH, KW), stride (sh, sw), padding (ph, pw),
 (dh, dw); groups implied by ``C // weight.shape[1]``.  Padding is never materialised: taps that
 fall outside the input are skipped by bounds checks.
 
-* ``conv2d_fwd``: a block computes a CONV_TY x CONV_TX tile of one output plane (n, o):
+* ``conv2d_fwd``: a block computes a CONV_TY x CONV_TX tile of CONV_OB output planes (n, o..):
   threadIdx.x runs along output columns, so the input reads ``x[n, c, a, b..]`` of a warp are
-  consecutive for stride 1 (coalesced).  The plane's filter ``weight[o]`` is staged in shared
-  memory CONV_WSTAGE elements at a time (whole input channels per chunk) and read as
-  broadcasts: every thread of the block uses every weight.
+  consecutive for stride 1 (coalesced), and each read serves CONV_OB output channels.  Their
+  filters are staged in shared memory CONV_WSTAGE elements at a time (whole input channels per
+  chunk) and read as broadcasts: every thread of the block uses every weight.
 * ``conv2d_grad_input``: the same tiling over input planes (n, c), gathering from every output
   position that reads (a, b); ``weight[:, c]`` of the group is staged in shared memory.  One
   writer per element: no atomics.
 * ``conv2d_grad_weight`` / ``channel_sum``: one block per weight element (or per output
-  channel for the bias gradient), threads striding over (n, r, j) with j fastest (coalesced),
-  then a fixed shared-memory tree reduction: deterministic.
+  channel for the bias gradient), threads striding over the output pixels (r, j) with j
+  fastest (coalesced), each summing its pixel over the batch, then a fixed shared-memory tree
+  reduction: deterministic.
 
 Block reductions use ``block.block_sum``, inlined into each kernel at compile time (numba
 needs a live device to *link* a separate device function; inlined, every kernel still compiles
@@ -25,7 +26,7 @@ Geometry (computed beside each launch by the wrappers):
 ====================  ====================  ==============================================
 kernel                block                 grid
 ====================  ====================  ==============================================
-conv2d_fwd            (CONV_TX, CONV_TY)    (N*O * ceil(OH/CONV_TY) * ceil(OW/CONV_TX),)
+conv2d_fwd            (CONV_TX, CONV_TY)    (N*groups*ceil(O/groups/CONV_OB) * ceil(OH/CONV_TY) * ceil(OW/CONV_TX),)
 conv2d_grad_input     (CONV_TX, CONV_TY)    (N*C * ceil(H/CONV_TY) * ceil(W/CONV_TX),)
 conv2d_grad_weight    (RED_THREADS,)        (O * C/groups * KH * KW,)
 channel_sum           (RED_THREADS,)        (O,)
@@ -38,6 +39,7 @@ from .block import block_sum, unravel4
 CONV_TX = 32
 CONV_TY = 8
 CONV_WSTAGE = 2048  # weights staged per chunk: 8 KiB float32 / 16 KiB float64
+CONV_OB = 4  # output channels per forward thread; conv2d_fwd keeps exactly four accumulators
 RED_THREADS = 256  # power of two: the tree reduction halves it
 
 
@@ -48,34 +50,54 @@ def conv2d_fwd(x, weight, bias, sh, sw, ph, pw, dh, dw, out):
 
     bias (O,) (zeros when the layer has none); out (N, O, OH, OW) preallocated and overwritten.
     O(N*O*OH*OW*C/groups*KH*KW).
+
+    A block owns CONV_OB output channels of one group (the last block of a group may own
+    fewer) and a tile of their planes; each thread computes its pixel for all of them, so every
+    input load feeds CONV_OB multiply-adds (the index arithmetic and the load, not the
+    arithmetic, bound a direct convolution).  The stage holds the weights of whole input
+    channels as [channel, tap, CONV_OB], the CONV_OB weights of a tap side by side.
     """
     stage = cuda.shared.array(CONV_WSTAGE, dtype=weight.dtype)
     n_c, h, w = x.shape[1], x.shape[2], x.shape[3]
     n_o, c_g, kh, kw = weight.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]
     out_h, out_w = out.shape[2], out.shape[3]
+    groups = n_c // c_g
+    o_g = n_o // groups
+    o_blocks = (o_g + CONV_OB - 1) // CONV_OB
     tiles_j = (out_w + CONV_TX - 1) // CONV_TX
     n_tiles = ((out_h + CONV_TY - 1) // CONV_TY) * tiles_j
     plane = cuda.blockIdx.x // n_tiles  # one flat grid axis: grid y would cap tiles at 65,535
     tile = cuda.blockIdx.x - plane * n_tiles
-    n = plane // n_o
-    o = plane - n * n_o
+    n = plane // (groups * o_blocks)
+    rest = plane - n * (groups * o_blocks)
+    grp = rest // o_blocks
+    o0 = grp * o_g + (rest - grp * o_blocks) * CONV_OB
+    n_ob = min(CONV_OB, (grp + 1) * o_g - o0)  # channels of this block: 1 .. CONV_OB
     tile_r = tile // tiles_j
     r = tile_r * CONV_TY + cuda.threadIdx.y
     j = (tile - tile_r * tiles_j) * CONV_TX + cuda.threadIdx.x
     inside = r < out_h and j < out_w  # no early return: every thread meets the syncthreads
-    groups = n_c // c_g
-    c_first = (o // (n_o // groups)) * c_g
+    c_first = grp * c_g
     taps = kh * kw
-    per_chunk = CONV_WSTAGE // taps  # >= 1: the wrapper checks taps <= CONV_WSTAGE
+    per_chunk = CONV_WSTAGE // (taps * CONV_OB)  # >= 1: the wrapper checks taps * CONV_OB <= CONV_WSTAGE
     tid = cuda.threadIdx.y * CONV_TX + cuda.threadIdx.x
-    acc = out.dtype.type(0)
+    zero = out.dtype.type(0)
+    acc0 = zero
+    acc1 = zero
+    acc2 = zero
+    acc3 = zero
     for c0 in range(0, c_g, per_chunk):
         cn = min(per_chunk, c_g - c0)
         cuda.syncthreads()  # the previous chunk has been used by every thread
-        for t in range(tid, cn * taps, CONV_TX * CONV_TY):
-            cc = t // taps
-            pq = t - cc * taps
-            stage[t] = weight[o, c0 + cc, pq // kw, pq - (pq // kw) * kw]
+        for t in range(tid, cn * taps * CONV_OB, CONV_TX * CONV_TY):
+            ct = t // CONV_OB
+            i = t - ct * CONV_OB
+            cc = ct // taps
+            pq = ct - cc * taps
+            value = zero
+            if i < n_ob:  # channels past the group's end weigh nothing
+                value = weight[o0 + i, c0 + cc, pq // kw, pq - (pq // kw) * kw]
+            stage[t] = value
         cuda.syncthreads()
         if inside:
             for cc in range(cn):
@@ -86,9 +108,20 @@ def conv2d_fwd(x, weight, bias, sh, sw, ph, pw, dh, dw, out):
                         for q in range(kw):
                             b = j * sw - pw + q * dw
                             if b >= 0 and b < w:
-                                acc += stage[cc * taps + p * kw + q] * x[n, c, a, b]
+                                xv = x[n, c, a, b]
+                                s = ((cc * kh + p) * kw + q) * CONV_OB
+                                acc0 += stage[s] * xv
+                                acc1 += stage[s + 1] * xv
+                                acc2 += stage[s + 2] * xv
+                                acc3 += stage[s + 3] * xv
     if inside:
-        out[n, o, r, j] = acc + bias[o]
+        out[n, o0, r, j] = acc0 + bias[o0]
+        if n_ob > 1:
+            out[n, o0 + 1, r, j] = acc1 + bias[o0 + 1]
+        if n_ob > 2:
+            out[n, o0 + 2, r, j] = acc2 + bias[o0 + 2]
+        if n_ob > 3:
+            out[n, o0 + 3, r, j] = acc3 + bias[o0 + 3]
 
 
 @cuda.jit
@@ -133,12 +166,13 @@ def conv2d_grad_input(g, weight, sh, sw, ph, pw, dh, dw, gx):
                 o = grp * o_g + o0 + oo
                 for p in range(kh):
                     tr = a + ph - p * dh
-                    if tr >= 0 and tr % sh == 0 and tr // sh < out_h:
-                        r = tr // sh
+                    r = tr // sh
+                    if tr >= 0 and r * sh == tr and r < out_h:
                         for q in range(kw):
                             tj = b + pw - q * dw
-                            if tj >= 0 and tj % sw == 0 and tj // sw < out_w:
-                                acc += stage[oo * taps + p * kw + q] * g[n, o, r, tj // sw]
+                            jj = tj // sw
+                            if tj >= 0 and jj * sw == tj and jj < out_w:
+                                acc += stage[oo * taps + p * kw + q] * g[n, o, r, jj]
     if inside:
         gx[n, c, a, b] = acc
 
@@ -146,19 +180,19 @@ def conv2d_grad_input(g, weight, sh, sw, ph, pw, dh, dw, gx):
 @cuda.jit(device=True, inline="always")
 def _tap_partial(g, x, o, c, p, q, sh, sw, ph, pw, dh, dw, tid, stride):
     """This thread's share of sum_{n, r, j} g[n, o, r, j] * x[n, c, r*sh - ph + p*dh, j*sw - pw + q*dw]:
-    the (n, r, j) with flat index tid, tid + stride, ... (j fastest: coalesced), padding skipped."""
+    output pixels (r, j) with flat index tid, tid + stride, ... (j fastest: coalesced), each for
+    the whole batch, so the one division and the padding test of a pixel serve N products."""
     h, w = x.shape[2], x.shape[3]
     out_h, out_w = g.shape[2], g.shape[3]
     acc = g.dtype.type(0)
-    for idx in range(tid, x.shape[0] * out_h * out_w, stride):
-        j = idx % out_w
-        s = idx // out_w
-        r = s % out_h
-        n = s // out_h
+    for idx in range(tid, out_h * out_w, stride):
+        r = idx // out_w
+        j = idx - r * out_w
         a = r * sh - ph + p * dh
         b = j * sw - pw + q * dw
         if a >= 0 and a < h and b >= 0 and b < w:
-            acc += g[n, o, r, j] * x[n, c, a, b]
+            for n in range(x.shape[0]):
+                acc += g[n, o, r, j] * x[n, c, a, b]
     return acc
 
 
@@ -194,10 +228,11 @@ def channel_sum(g, out):
     out_h, out_w = g.shape[2], g.shape[3]
     tid = cuda.threadIdx.x
     acc = out.dtype.type(0)
-    for idx in range(tid, g.shape[0] * out_h * out_w, RED_THREADS):
-        j = idx % out_w
-        s = idx // out_w
-        acc += g[s // out_h, o, s % out_h, j]
+    for idx in range(tid, out_h * out_w, RED_THREADS):
+        r = idx // out_w
+        j = idx - r * out_w
+        for n in range(g.shape[0]):
+            acc += g[n, o, r, j]
     red[tid] = acc
     total = block_sum(red, tid)
     if tid == 0:

@@ -118,6 +118,7 @@ def sparse_linear_backward(grad_out, x, weight):
     _check_sparse_weight(weight)
     out_features, in_features = weight.shape
     g2, x2 = _check_backward_args(grad_out, x, out_features, in_features, weight.dtype)
+    g2 = kernels.product_operand(g2)  # feeds two products: lay it out once
     grad_x = kernels.spmm_t(weight.indptr, weight.indices, weight.data, in_features, g2)
     grad_weight = kernels.sddmm(weight.indptr, weight.indices, g2, x2)
     return _reshape(grad_x, _shape(x)), grad_weight, kernels.batch_sum(g2)

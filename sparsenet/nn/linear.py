@@ -4,6 +4,7 @@ import numbers
 import numpy as np
 
 from .. import functional as F
+from .. import kernels
 from .._validation import check_random_state, float_dtype
 from ..csr import CSRMatrix
 from . import init
@@ -141,6 +142,7 @@ class SparseLinear(Module):
         return self.weight.csr
 
     def forward(self, x):
+        x = kernels.product_operand(x)  # read by spmm now and by sddmm at backward: lay it out once
         y = F.sparse_linear(x, self.weight.csr, None if self.bias is None else self.bias.data)
         self._save((x, self.weight.csr))
         return y

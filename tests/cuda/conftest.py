@@ -49,6 +49,13 @@ def _numba_cuda_importable():
 
 
 REAL_GPU = _real_gpu()
+if REAL_GPU:
+    # Tests make device arrays with numba.cuda.to_device directly: install sparsenet's caching
+    # allocator before the first of them opens the CUDA context, as sparsenet's own entry
+    # points (kernels.to_device, Module.to, fit) do.
+    from sparsenet.kernels.cuda import memory
+
+    memory.install()
 HAVE_NUMBA_CUDA = _numba_cuda_importable() if SIMULATOR else REAL_GPU
 ENABLED = (SIMULATOR or REAL_GPU) and HAVE_NUMBA_CUDA
 
@@ -86,7 +93,7 @@ _SMALL = {
     "csr": {"WARP": 4, "SPMM_WARPS": 2, "SPMM_BATCH_TILE": 16, "SDDMM_WARPS": 2, "SDDMM_ENTRIES": 8,
             "SDDMM_PAD": 5, "TILE": 4, "TILE_ROWS": 2, "TILE_PAD": 5, "FILL_THREADS": 8},
     "update": {"UPDATE_THREADS": 8, "UPDATE_MAX_BLOCKS": 3},
-    "conv": {"CONV_TX": 4, "CONV_TY": 2, "CONV_WSTAGE": 12, "RED_THREADS": 8, "LOCAL_THREADS": 8,
+    "conv": {"CONV_TX": 4, "CONV_TY": 2, "CONV_WSTAGE": 40, "RED_THREADS": 8, "LOCAL_THREADS": 8,
              "LOCAL_MAX_BLOCKS": 3},
     "pool": {"POOL_THREADS": 8, "POOL_MAX_BLOCKS": 4},
     "ops": {"THREADS": 8, "MAX_BLOCKS": 3, "RED_THREADS": 8, "MM_TILE": 4},

@@ -1,0 +1,206 @@
+"""A caching device allocator for numba: freed blocks are kept and handed out again.
+
+Why: on the H200 test machine one ``numba.cuda.device_array`` costs about 100 µs from Python
+(cuMemAlloc, and numba's batched cuMemFree, which waits for the device), five times an empty
+kernel launch (BENCHMARKS.md, overhead suite).  Every op of a training step allocates its
+output, so without a cache a small model's step is bound by the allocator.  PyTorch keeps a
+cache for the same reason.
+
+How: :class:`CachingMemoryManager` is numba's own on-device manager (an External Memory
+Management plugin) with one change: a block whose last reference dies goes back to a free
+list keyed by its rounded size instead of to ``cuMemFree``.  Ownership is numba's: the
+allocation is an ``AutoFreePointer`` counted by the ``OwnedPointer`` s of the array and of
+every view of it, so a block returns to the pool only when no array or slice uses it.
+
+Stream safety: a block may be handed out again while kernels that used it are still queued.
+That is safe for work on the legacy default stream (all of sparsenet's launches), which is
+ordered after every prior launch on blocking streams (numba's default) as well.  A program that
+runs its own kernels on non-blocking streams over arrays it then drops should opt out with
+``SPARSENET_CUDA_POOL=0``.
+
+The manager is installed on the first CUDA use by sparsenet, only if no CUDA context exists yet
+and neither ``NUMBA_CUDA_MEMORY_MANAGER`` nor ``SPARSENET_CUDA_POOL=0`` says otherwise; never
+under the simulator.  Nothing here imports numba at module import.
+"""
+import collections
+import os
+import weakref
+
+__all__ = ["round_size", "BlockPool", "install", "empty_cache", "memory_stats"]
+
+_SMALL = 1 << 20  # below 1 MiB blocks round to 512 B, above it to whole MiB
+
+
+def round_size(nbytes):
+    """Bytes actually reserved for a request of ``nbytes`` (> 0): the pool's bucket key.
+
+    Examples
+    --------
+    >>> round_size(1), round_size(512), round_size(513), round_size(3 << 20)
+    (512, 512, 1024, 3145728)
+    """
+    step = 512 if nbytes < _SMALL else _SMALL
+    return -(-nbytes // step) * step
+
+
+class BlockPool:
+    """Free device blocks by rounded size.  Plain Python, no CUDA: ``take``/``give`` only.
+
+    Lock-free on purpose: ``give`` runs from garbage-collector finalizers, which may fire inside
+    a ``take`` on the same thread (a lock would deadlock there); list ``append``/``pop`` and the
+    dict lookups are atomic under the GIL.
+
+    Examples
+    --------
+    >>> pool = BlockPool()
+    >>> pool.take(512) is None
+    True
+    >>> pool.give(512, "block"); pool.cached_bytes()
+    512
+    >>> pool.take(512), pool.cached_bytes()
+    ('block', 0)
+    """
+
+    def __init__(self):
+        self._free = collections.defaultdict(list)
+
+    def take(self, rounded):
+        """A cached block of exactly ``rounded`` bytes, or None."""
+        blocks = self._free.get(rounded)
+        try:
+            return blocks.pop() if blocks else None
+        except IndexError:  # emptied by another thread between the test and the pop
+            return None
+
+    def give(self, rounded, block):
+        self._free[rounded].append(block)
+
+    def drain(self):
+        """Remove and return every cached block (for freeing)."""
+        blocks = []
+        for rounded in list(self._free):
+            bucket = self._free.pop(rounded, [])
+            blocks += bucket
+        return blocks
+
+    def cached_bytes(self):
+        return sum(size * len(blocks) for size, blocks in list(self._free.items()))
+
+
+_MANAGER = []  # the manager class, built once numba.cuda is importable
+
+
+def _manager_class():
+    if _MANAGER:
+        return _MANAGER[0]
+    from numba.cuda.cudadrv.driver import (  # noqa: PLC0415  (lazy: CUDA use only)
+        AutoFreePointer,
+        CudaAPIError,
+        NumbaCUDAMemoryManager,
+        driver,
+    )
+
+    class CachingMemoryManager(NumbaCUDAMemoryManager):
+        """numba's on-device memory manager with a cache of freed blocks (see the module)."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.pool = BlockPool()
+
+        def memalloc(self, size):
+            rounded = round_size(max(size, 1))
+            ptr = self.pool.take(rounded)
+            if ptr is None:
+                try:
+                    ptr = self._attempt_allocation(lambda: driver.cuMemAlloc(rounded))
+                except CudaAPIError:  # still out of memory: hand the cache back, then once more
+                    self.empty_cache()
+                    ptr = self._attempt_allocation(lambda: driver.cuMemAlloc(rounded))
+            allocations, deallocations, pool = self.allocations, self.deallocations, self.pool
+            key = []
+
+            def back_to_pool():
+                allocations.pop(key[0], None)
+                if deallocations.is_disabled:  # inside cuda.defer_cleanup(): no reuse until it ends
+                    deallocations.add_item(lambda p: pool.give(rounded, p), ptr, rounded)
+                else:
+                    pool.give(rounded, ptr)
+
+            # As numba's manager does: an AutoFreePointer kept alive by ``allocations`` and
+            # counted by the OwnedPointers of the array and its views; the last one gone,
+            # the block goes back to the pool.
+            mem = AutoFreePointer(weakref.proxy(self.context), ptr, size, finalizer=back_to_pool)
+            key.append(mem.device_pointer_value)
+            self.allocations[key[0]] = mem
+            return mem.own()
+
+        def empty_cache(self):
+            """Free every cached block (after the device has finished with them)."""
+            blocks = self.pool.drain()
+            if blocks:
+                driver.cuCtxSynchronize()
+                for ptr in blocks:
+                    driver.cuMemFree(ptr)
+
+        def reset(self):
+            self.pool.drain()  # the context's memory is going away with it
+            super().reset()
+
+    _MANAGER.append(CachingMemoryManager)
+    return CachingMemoryManager
+
+
+_INSTALL = {}  # "decided": True once install() has looked
+
+
+def install():
+    """Make numba allocate through :class:`CachingMemoryManager`, where that is still possible.
+
+    Called before sparsenet's first CUDA context is made.  Returns whether the pool is in use
+    for contexts made from now on.  Never raises: the pool is an optimisation.
+    """
+    if "result" in _INSTALL:
+        return _INSTALL["result"]
+    _INSTALL["result"] = False
+    if os.environ.get("SPARSENET_CUDA_POOL", "1").strip() == "0":
+        return False
+    try:
+        import numba  # noqa: PLC0415
+
+        if numba.config.ENABLE_CUDASIM:
+            return False
+        from numba.cuda.core import config  # noqa: PLC0415
+        from numba.cuda.cudadrv import driver as drv  # noqa: PLC0415
+
+        if getattr(config, "CUDA_MEMORY_MANAGER", "default") != "default":
+            return False  # the user chose a manager
+        if getattr(drv, "_memory_manager", None) is not None:
+            return False  # a context exists already (or a manager was set): leave it
+        drv.set_memory_manager(_manager_class())
+    except Exception:  # noqa: BLE001  (another numba-cuda layout: run without the cache)
+        return False
+    _INSTALL["result"] = True
+    return True
+
+
+def _current_manager():
+    from numba import cuda  # noqa: PLC0415
+
+    if not _MANAGER:
+        return None
+    mgr = cuda.current_context().memory_manager
+    return mgr if isinstance(mgr, _MANAGER[0]) else None
+
+
+def empty_cache():
+    """Return the current context's cached device blocks to the driver (like
+    ``torch.cuda.empty_cache``); a no-op without the pool."""
+    mgr = _current_manager()
+    if mgr is not None:
+        mgr.empty_cache()
+
+
+def memory_stats():
+    """``{"pool": bool, "cached_bytes": int}`` for the current CUDA context."""
+    mgr = _current_manager()
+    return {"pool": mgr is not None, "cached_bytes": mgr.pool.cached_bytes() if mgr is not None else 0}
