@@ -14,6 +14,9 @@ out="${OUT:-gpu-results}"
 mkdir -p "$out"
 export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1 NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS=0
 export SPARSENET_EXPECT_GPU=1 CI=1  # tests/cuda refuses to skip; hypothesis' CI profile
+# The caching allocator (kernels/cuda/memory.py) is opt-in until a GPU has proven it: the tests
+# and the main benchmark run through it, the last stage times the host-bound suites without it.
+export SPARSENET_CUDA_POOL=1
 if compgen -G ".whl/numpy-*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/numpy-*.whl
   export PYTHONPATH="/tmp/site:$PWD"
@@ -27,7 +30,7 @@ timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -rfEs -p no:cacheprovider "$
 tests=$?
 timeout "${BENCH_TIMEOUT:-300}" python3 bench/gpu_bench.py "$@" > "$out/gpu_bench.md" 2> "$out/gpu_bench.err"
 bench=$?
-# The caching allocator's effect, measured: the host-bound suites again without it.
+# The caching allocator's effect, measured: the host-bound suites again without it (numba's own).
 SPARSENET_CUDA_POOL=0 timeout "${NOPOOL_TIMEOUT:-90}" python3 bench/gpu_bench.py --suite overhead,train --no-cpu \
   > "$out/gpu_bench_nopool.md" 2>> "$out/gpu_bench.err"
 nopool=$?

@@ -15,15 +15,21 @@ every view of it, so a block returns to the pool only when no array or slice use
 Stream safety: a block may be handed out again while kernels that used it are still queued.
 That is safe for work on the legacy default stream (all of sparsenet's launches), which is
 ordered after every prior launch on blocking streams (numba's default) as well.  A program that
-runs its own kernels on non-blocking streams over arrays it then drops should opt out with
-``SPARSENET_CUDA_POOL=0``.
+runs its own kernels on non-blocking streams over arrays it then drops should not enable it.
 
-The manager is installed on the first CUDA use by sparsenet, only if no CUDA context exists yet
-and neither ``NUMBA_CUDA_MEMORY_MANAGER`` nor ``SPARSENET_CUDA_POOL=0`` says otherwise; never
-under the simulator.  Nothing here imports numba at module import.
+Opt-in for now: ``SPARSENET_CUDA_POOL=1`` in the environment.  The ownership logic is tested
+against numba's own pointer classes (tests/cuda/test_cuda_memory.py, with a stand-in driver),
+but no GPU has run the allocator yet; ``bench/gpu_session.sh`` runs the GPU tests through it
+and times the host-bound suites with and without it, and its default follows that evidence.
+With the variable set, the manager is installed on the first CUDA use by sparsenet, only if no
+CUDA context exists yet and ``NUMBA_CUDA_MEMORY_MANAGER`` names no other manager; never under
+the simulator.  Should the pooled path itself fail (anything but running out of memory), the
+manager warns once and allocates as numba does from then on.  Nothing here imports numba at
+module import.
 """
 import collections
 import os
+import warnings
 import weakref
 
 __all__ = ["round_size", "BlockPool", "install", "empty_cache", "memory_stats"]
@@ -106,8 +112,22 @@ def _manager_class():
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.pool = BlockPool()
+            self.failed = False
 
         def memalloc(self, size):
+            if self.failed:
+                return super().memalloc(size)
+            try:
+                return self._pooled(size)
+            except CudaAPIError:
+                raise
+            except Exception as err:  # noqa: BLE001  (a bug here must not cost the user the GPU)
+                self.failed = True
+                warnings.warn(f"sparsenet's caching CUDA allocator failed ({err!r}); allocating as "
+                              "numba does from now on", RuntimeWarning, stacklevel=2)
+                return super().memalloc(size)
+
+        def _pooled(self, size):
             rounded = round_size(max(size, 1))
             ptr = self.pool.take(rounded)
             if ptr is None:
@@ -162,7 +182,7 @@ def install():
     if "result" in _INSTALL:
         return _INSTALL["result"]
     _INSTALL["result"] = False
-    if os.environ.get("SPARSENET_CUDA_POOL", "1").strip() == "0":
+    if os.environ.get("SPARSENET_CUDA_POOL", "0").strip() != "1":
         return False
     try:
         import numba  # noqa: PLC0415

@@ -1,9 +1,11 @@
 """The caching device allocator (kernels/cuda/memory.py).
 
-The pool logic runs everywhere; the allocator itself only on a real GPU: the simulator has no
-device memory to manage (its arrays are NumPy arrays), so those tests skip themselves there.
+The pool and the ownership logic run everywhere (the latter over a stand-in driver with numba's
+real pointer classes, not under the simulator, which stubs that module out); the allocator
+itself on a real GPU with ``SPARSENET_CUDA_POOL=1``.
 """
 import gc
+import logging
 
 import numpy as np
 import pytest
@@ -33,7 +35,134 @@ def test_block_pool_hands_back_the_latest_block_of_that_size():
     assert pool.cached_bytes() == 0 and pool.take(512) is None
 
 
-needs_allocator = pytest.mark.skipif(SIMULATOR, reason="the simulator has no device allocator")
+# ----------------------------------------------------------------------------- ownership logic
+# The manager with numba's real pointer and array classes over a stand-in driver: runs without a
+# GPU (not under the simulator, which replaces numba's driver module with stubs).
+class _FakeDriver:
+    """Hands out distinct fake device addresses and records frees and synchronisations."""
+
+    def __init__(self, fail_allocs=0):
+        self.next, self.allocs, self.freed, self.syncs, self.fail_allocs = 1 << 20, [], [], 0, fail_allocs
+
+    def cuMemAlloc(self, size):  # noqa: N802  (the driver's name)
+        from numba.cuda.cudadrv.driver import CudaAPIError, binding
+
+        if self.fail_allocs:
+            self.fail_allocs -= 1
+            raise CudaAPIError(binding.CUresult.CUDA_ERROR_OUT_OF_MEMORY, "out of memory")
+        ptr, self.next = self.next, self.next + size + 4096
+        self.allocs.append((ptr, size))
+        return binding.CUdeviceptr(ptr)
+
+    def cuMemFree(self, ptr):  # noqa: N802
+        self.freed.append(int(ptr))
+
+    def cuCtxSynchronize(self):  # noqa: N802
+        self.syncs += 1
+
+
+class _Context:  # weak-referenceable stand-in for numba's Context
+    pass
+
+
+@pytest.fixture
+def fake_manager(monkeypatch):
+    if SIMULATOR:
+        pytest.skip("the simulator replaces numba's driver module")
+    drv = pytest.importorskip("numba.cuda.cudadrv.driver")
+    fake = _FakeDriver()
+    monkeypatch.setattr(drv, "driver", fake)
+    # numba defines its driver logger when the real driver initialises
+    monkeypatch.setattr(drv, "_logger", logging.getLogger("numba.cuda.cudadrv.driver"), raising=False)
+    monkeypatch.setattr(memory, "_MANAGER", [])  # build the class over the stand-in driver
+    context = _Context()
+    manager = memory._manager_class()(context=context)
+    manager.deallocations.memory_capacity = 1 << 30  # what initialize() reads from the device
+    yield manager, fake, context
+
+
+def DeviceNDArray(**kwargs):  # noqa: N802  (numba's class, imported late: numba-cuda is optional)
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray as cls
+
+    return cls(**kwargs)
+
+
+def _array(manager, n):
+    return DeviceNDArray(shape=(n,), strides=(4,), dtype=np.float32, gpu_data=manager.memalloc(4 * n))
+
+
+def _address(a):
+    return a.gpu_data.device_pointer_value
+
+
+@pytest.mark.no_cuda_skip
+def test_blocks_return_to_the_pool_only_when_no_array_or_view_uses_them(fake_manager):
+    manager, fake, _ = fake_manager
+    a = _array(manager, 1000)
+    first = _address(a)
+    assert fake.allocs == [(first, 4096)]  # rounded up to 512 B
+    # What a[10:20] builds (slicing itself wants a live context): a view of the memory.
+    view = DeviceNDArray(shape=(10,), strides=(4,), dtype=np.float32, gpu_data=a.gpu_data.view(40, 80))
+    del a
+    gc.collect()
+    assert manager.pool.cached_bytes() == 0  # the slice still holds the block
+    b = _array(manager, 1000)
+    assert _address(b) != first and len(fake.allocs) == 2
+    del view
+    gc.collect()
+    assert manager.pool.cached_bytes() == 4096
+    c = _array(manager, 999)  # same rounded size: the cached block, no driver call
+    assert _address(c) == first and len(fake.allocs) == 2 and manager.pool.cached_bytes() == 0
+    assert fake.freed == []  # nothing went back to the driver
+    del b, c
+
+
+@pytest.mark.no_cuda_skip
+def test_defer_cleanup_queues_blocks_and_empty_cache_frees_them(fake_manager):
+    manager, fake, _ = fake_manager
+    a = _array(manager, 100)
+    block = _address(a)
+    with manager.defer_cleanup():
+        del a
+        gc.collect()
+        assert manager.pool.cached_bytes() == 0  # not reusable while cleanup is deferred
+    manager.deallocations.clear()  # numba flushes its queue after the block
+    assert manager.pool.cached_bytes() == 512
+    manager.empty_cache()
+    assert fake.freed == [block] and fake.syncs == 1 and manager.pool.cached_bytes() == 0
+
+
+@pytest.mark.no_cuda_skip
+def test_out_of_memory_gives_the_cache_back_and_retries(fake_manager):
+    manager, fake, _ = fake_manager
+    a = _array(manager, 100)
+    cached = _address(a)
+    del a
+    gc.collect()
+    fake.fail_allocs = 2  # numba's own retry fails too; the retry after emptying the cache works
+    b = _array(manager, 5000)
+    assert fake.freed == [cached] and _address(b) not in (None, cached)
+
+
+@pytest.mark.no_cuda_skip
+def test_a_failing_pool_warns_once_and_falls_back_to_numba(fake_manager, monkeypatch):
+    manager, fake, _ = fake_manager
+
+    def broken(size):
+        raise TypeError("unexpected pointer type")
+
+    monkeypatch.setattr(manager, "_pooled", broken)
+    with pytest.warns(RuntimeWarning, match="caching CUDA allocator failed"):
+        a = _array(manager, 10)
+    b = _array(manager, 10)  # no second warning: the pool is off for good
+    assert manager.failed and _address(a) != _address(b) and len(fake.allocs) == 2
+
+
+# ----------------------------------------------------------------------------- on a real GPU
+needs_allocator = pytest.mark.skipif(
+    SIMULATOR or memory.os.environ.get("SPARSENET_CUDA_POOL") != "1",
+    reason="the pool is opt-in (SPARSENET_CUDA_POOL=1, as bench/gpu_session.sh sets) and needs a real GPU",
+)
 
 
 def _ptr(a):
