@@ -715,6 +715,13 @@ def add_(dst, src):
     return dst
 
 
+def soft_threshold_(x, t):
+    """``x <- sign(x) * max(|x| - t, 0)`` in place (the L1 proximal step); returns x."""
+    if _device.is_device_array(x):
+        return _gpu().soft_threshold_(x, t)
+    return np.multiply(np.sign(x), np.maximum(np.abs(x) - x.dtype.type(t), 0), out=x)
+
+
 def bias_add_(y, bias):
     """``y += bias`` in place for y (B, F), bias (F,); returns y."""
     if _on_cuda(y=y, bias=bias):

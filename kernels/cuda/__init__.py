@@ -752,6 +752,17 @@ def add_(dst, src):
     return dst
 
 
+def soft_threshold_(x, t):
+    """x <- sign(x) * max(|x| - t, 0) in place (contiguous ``x``); returns x."""
+    x = as_device_array(x, "x")
+    if x.size == 0:
+        return x
+    if _order(x) is None:
+        raise ValueError(f"soft_threshold_ works in place and needs a contiguous x; got strides {x.strides}")
+    _ops().soft_threshold_inplace[_grid(x.size)](_flat_view(x), float(t))
+    return x
+
+
 def bias_add_(y, bias):
     """y[b, f] += bias[f] in place for a (B, F) device array; returns y."""
     y, bias = as_device_array(y, "y"), as_device_array(bias, "bias")
@@ -937,7 +948,7 @@ def accumulate_metrics(acc, loss, batch, logits=None, target=None):
 
 
 __all__ += [
-    "contiguous", "copy", "activation", "activation_backward", "scaled_mul", "add_", "bias_add_",
+    "contiguous", "copy", "activation", "activation_backward", "scaled_mul", "add_", "soft_threshold_", "bias_add_",
     "batch_sum", "matmul", "transpose", "cross_entropy", "cross_entropy_backward", "mse_loss",
     "mse_loss_backward", "metrics_accumulator", "accumulate_metrics", "channel_moments",
     "batch_norm_running_", "batch_norm_apply", "batch_norm_backward", "softmax_rows", "softmax_rows_backward",

@@ -88,6 +88,23 @@ def scaled_mul(x, m, scale, out):
 
 
 @cuda.jit
+def soft_threshold_inplace(x, t):
+    """x[i] <- sign(x[i]) * max(|x[i]| - t, 0) in place (the L1 proximal step); NaN stays NaN,
+    as on the host.  x (n,)."""
+    s = x.dtype.type(t)
+    zero = x.dtype.type(0)
+    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        v = x[i]
+        m = abs(v) - s
+        if m > zero:
+            x[i] = m if v > zero else -m
+        elif m != m:
+            x[i] = m
+        else:
+            x[i] = zero
+
+
+@cuda.jit
 def add_inplace(dst, src):
     """dst[i] += src[i] (gradient accumulation).  dst, src (n,)."""
     for i in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):

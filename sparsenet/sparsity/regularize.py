@@ -12,6 +12,7 @@ after each optimizer step inside :func:`~sparsenet.train.fit`) and can be called
 """
 import numpy as np
 
+from .. import kernels
 from ..train import Callback
 from ._topology import (check_fraction, check_nonneg, check_model, csr_rows, lr_of,
                         resolve_layers)
@@ -24,10 +25,10 @@ def soft_threshold(w, t, out=None):
 
     Parameters
     ----------
-    w : ndarray
+    w : ndarray or CUDA device array
     t : float >= 0
     out : ndarray, optional
-        Where to write (``w`` itself for an in-place step).
+        Where to write (``w`` itself for an in-place step; on the device, ``w`` or None).
 
     Examples
     --------
@@ -36,9 +37,14 @@ def soft_threshold(w, t, out=None):
     array([-1. ,  0. ,  0.5])
     """
     t = check_nonneg(t, "threshold t")
-    w = np.asarray(w)
-    mag = np.maximum(np.abs(w) - w.dtype.type(t), 0)
-    return np.multiply(np.sign(w), mag, out=out)
+    on_device = kernels.on_device(w=w)
+    if out is None:
+        out = kernels.copy(w if on_device else np.asarray(w))
+    elif out is not w:
+        if on_device:
+            raise ValueError("on the device, soft_threshold's out must be None or w itself")
+        np.copyto(out, w)
+    return kernels.soft_threshold_(out, t)
 
 
 def group_soft_threshold(w, groups, n_groups, t, *, out=None):
@@ -132,6 +138,8 @@ class L1Prox(_Prox):
     >>> int(np.count_nonzero(layer.weight.data))
     0
     """
+
+    host_only = False  # soft thresholding runs on the weights' device: no host round trip per batch
 
     def __init__(self, model, lam, *, optimizer=None, layers=None, lr=None):
         super().__init__(model, optimizer, layers, lr)

@@ -118,6 +118,7 @@ def test_sparse_conv_and_training_step_kernels_compile(compile_ptx, fdt, idt):
         "activation_bwd": (ops.activation_bwd, (i, types.float64, vec, vec, vec)),
         "scaled_mul": (ops.scaled_mul, (vec, vec, types.float64, vec)),
         "add_inplace": (ops.add_inplace, (vec, vec)),
+        "soft_threshold_inplace": (ops.soft_threshold_inplace, (vec, types.float64)),
         "bias_add": (ops.bias_add, (anym, vec, types.boolean)),
         "batch_sum": (ops.batch_sum, (anym, vec)),
         "matmul": (ops.matmul, (anym, anym, mat)),

@@ -192,6 +192,26 @@ def test_bias_add_batch_sum_add_scaled_mul(rng, dtype, order):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_soft_threshold_in_place_matches_the_host(rng, dtype, order):
+    from sparsenet.sparsity import soft_threshold
+
+    w = _layouts(rng, (6, 5), dtype)[order]
+    w[0, :4] = [np.nan, np.inf, -np.inf, 0.0]  # NaN stays NaN, infinities shrink to themselves
+    t = 0.7
+    expected = soft_threshold(w, t)
+    wd = _dev(w)
+    assert soft_threshold(wd, t, out=wd) is wd
+    np.testing.assert_allclose(_host(wd), expected, **_tol(dtype))
+    fresh = soft_threshold(_dev(w), t)  # out=None: a new device array
+    assert _is_dev(fresh)
+    np.testing.assert_allclose(_host(fresh), expected, **_tol(dtype))
+    np.testing.assert_array_equal(_host(K.soft_threshold_(_dev(np.zeros(0, dtype)), t)), np.zeros(0))
+    with pytest.raises(ValueError, match="out must be None or w itself"):
+        soft_threshold(wd, t, out=_dev(np.empty_like(w)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shapes", [((5, 7), (7, 3)), ((1, 1), (1, 9)), ((9, 4), (4, 1)), ((3, 0), (0, 2))])
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True)])
 def test_matmul_matches_numpy(rng, dtype, shapes, ta, tb):

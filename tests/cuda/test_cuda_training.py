@@ -330,6 +330,18 @@ def test_set_brings_the_model_to_the_host_only_on_topology_updates(rng, monkeypa
     assert len(trips) == 2  # one per epoch end, none for the 8 batches
 
 
+def test_l1_prox_steps_on_the_device_without_host_round_trips(rng, monkeypatch):
+    x, y = _problem(rng, 32)
+    model = _sparse_model()
+    trips = []
+    original = nn.Module._to_host_for_a_while
+    monkeypatch.setattr(nn.Module, "_to_host_for_a_while", lambda self: trips.append(1) or original(self))
+    train.fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x, y), epochs=2,
+              batch_size=8, progress=False, rng=0, device="cuda", callbacks=[sparsity.L1Prox(model, 0.5)])
+    assert trips == [] and model.device == "cuda"
+    assert (_host(model[0].weight.data) == 0).any()  # the thresholding ran, on the device
+
+
 def test_device_training_checks_and_casts_targets_like_the_host(rng):
     x, y = _problem(rng, 16)
     model = nn.Sequential(nn.Linear(6, 3, rng=0))  # float32
