@@ -684,7 +684,7 @@ def product_operand(a):
     both ``spmm_t`` and ``sddmm``; a layer's input feeds ``spmm`` and, at backward, ``sddmm``).
     Host arrays and other shapes are returned unchanged: the CPU kernels pack their own tiles.
     """
-    if _device.is_device_array(a) and a.ndim == 2:
+    if _device.is_device_array(a) and len(getattr(a, "shape", ())) == 2:
         return _gpu().batch_operand(a)
     return a
 

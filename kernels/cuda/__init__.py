@@ -404,12 +404,15 @@ def _nchw(a, name):
     return a
 
 
-def _conv_taps_fit(kh, kw):
+def _conv_taps_fit(kh, kw, forward):
+    """The forward stages the filters of CONV_OB output channels at once, the backward one's."""
     conv = _conv()
-    if kh * kw * conv.CONV_OB > conv.CONV_WSTAGE:
+    per_stage = conv.CONV_OB if forward else 1
+    if kh * kw * per_stage > conv.CONV_WSTAGE:
         raise NotImplementedError(
-            f"conv2d on CUDA stages whole filters of {conv.CONV_OB} output channels, at most "
-            f"{conv.CONV_WSTAGE // conv.CONV_OB} taps each, in shared memory; got a {kh}x{kw} kernel"
+            f"conv2d {'forward' if forward else 'backward'} on CUDA stages whole filters of {per_stage} "
+            f"output channel(s), at most {conv.CONV_WSTAGE // per_stage} taps each, in shared memory; "
+            f"got a {kh}x{kw} kernel"
         )
 
 
@@ -426,7 +429,7 @@ def conv2d(x, weight, bias, stride, padding, dilation):
     x, weight = _nchw(x, "x"), _nchw(weight, "weight")
     n = x.shape[0]
     o, _, kh, kw = weight.shape
-    _conv_taps_fit(kh, kw)
+    _conv_taps_fit(kh, kw, forward=True)
     out_h = _out_size(x.shape[2], kh, stride[0], padding[0], dilation[0])
     out_w = _out_size(x.shape[3], kw, stride[1], padding[1], dilation[1])
     out = empty((n, o, max(out_h, 0), max(out_w, 0)), x.dtype)
@@ -445,7 +448,7 @@ def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, ne
     conv = _conv()
     g, x, weight = _nchw(g, "g"), _nchw(x, "x"), _nchw(weight, "weight")
     o, c_g, kh, kw = weight.shape
-    _conv_taps_fit(kh, kw)
+    _conv_taps_fit(kh, kw, forward=False)
     grad_x = grad_w = None
     if need_input:
         grad_x = empty(x.shape, x.dtype)

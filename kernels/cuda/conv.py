@@ -178,21 +178,38 @@ def conv2d_grad_input(g, weight, sh, sw, ph, pw, dh, dw, gx):
 
 
 @cuda.jit(device=True, inline="always")
+def _plane_split(plane, tid, stride):
+    """(first pixel, pixel step, first sample, sample step) of thread ``tid`` of ``stride``
+    threads summing over a batch of planes of ``plane`` pixels: threads stride over the
+    pixels; a plane smaller than the block is split over the batch too (``stride // plane``
+    threads per pixel), so small late-layer planes keep the block busy.  A thread with
+    first sample >= sample step has no work."""
+    if plane == 0:
+        return 0, 1, 1, 1  # an empty plane: no work for anyone
+    n_step = max(1, stride // plane)
+    if n_step == 1:
+        return tid, stride, 0, 1
+    return tid % plane, plane, tid // plane, n_step
+
+
+@cuda.jit(device=True, inline="always")
 def _tap_partial(g, x, o, c, p, q, sh, sw, ph, pw, dh, dw, tid, stride):
     """This thread's share of sum_{n, r, j} g[n, o, r, j] * x[n, c, r*sh - ph + p*dh, j*sw - pw + q*dw]:
-    output pixels (r, j) with flat index tid, tid + stride, ... (j fastest: coalesced), each for
-    the whole batch, so the one division and the padding test of a pixel serve N products."""
+    its output pixels (r, j) (j fastest across threads: coalesced) over its samples n (see
+    ``_plane_split``), so the one division and the padding test of a pixel serve many products."""
     h, w = x.shape[2], x.shape[3]
     out_h, out_w = g.shape[2], g.shape[3]
+    pix0, pix_step, n0, n_step = _plane_split(out_h * out_w, tid, stride)
     acc = g.dtype.type(0)
-    for idx in range(tid, out_h * out_w, stride):
-        r = idx // out_w
-        j = idx - r * out_w
-        a = r * sh - ph + p * dh
-        b = j * sw - pw + q * dw
-        if a >= 0 and a < h and b >= 0 and b < w:
-            for n in range(x.shape[0]):
-                acc += g[n, o, r, j] * x[n, c, a, b]
+    if n0 < n_step:
+        for idx in range(pix0, out_h * out_w, pix_step):
+            r = idx // out_w
+            j = idx - r * out_w
+            a = r * sh - ph + p * dh
+            b = j * sw - pw + q * dw
+            if a >= 0 and a < h and b >= 0 and b < w:
+                for n in range(n0, x.shape[0], n_step):
+                    acc += g[n, o, r, j] * x[n, c, a, b]
     return acc
 
 
@@ -227,12 +244,14 @@ def channel_sum(g, out):
     o = cuda.blockIdx.x
     out_h, out_w = g.shape[2], g.shape[3]
     tid = cuda.threadIdx.x
+    pix0, pix_step, n0, n_step = _plane_split(out_h * out_w, tid, RED_THREADS)
     acc = out.dtype.type(0)
-    for idx in range(tid, out_h * out_w, RED_THREADS):
-        r = idx // out_w
-        j = idx - r * out_w
-        for n in range(g.shape[0]):
-            acc += g[n, o, r, j]
+    if n0 < n_step:
+        for idx in range(pix0, out_h * out_w, pix_step):
+            r = idx // out_w
+            j = idx - r * out_w
+            for n in range(n0, g.shape[0], n_step):
+                acc += g[n, o, r, j]
     red[tid] = acc
     total = block_sum(red, tid)
     if tid == 0:

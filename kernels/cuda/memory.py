@@ -14,8 +14,10 @@ every view of it, so a block returns to the pool only when no array or slice use
 
 Stream safety: a block may be handed out again while kernels that used it are still queued.
 That is safe for work on the legacy default stream (all of sparsenet's launches), which is
-ordered after every prior launch on blocking streams (numba's default) as well.  A program that
-runs its own kernels on non-blocking streams over arrays it then drops should not enable it.
+ordered after every prior launch on blocking streams (numba's default) as well.  It is not for
+arrays used on non-blocking streams, or by kernels on two user streams (not ordered with each
+other), and not with per-thread default streams (``NUMBA_CUDA_PER_THREAD_DEFAULT_STREAM=1``,
+under which the pool is never installed).  Programs doing that should leave the pool off.
 
 Opt-in for now: ``SPARSENET_CUDA_POOL=1`` in the environment.  The ownership logic is tested
 against numba's own pointer classes (tests/cuda/test_cuda_memory.py, with a stand-in driver),
@@ -27,7 +29,6 @@ the simulator.  Should the pooled path itself fail (anything but running out of 
 manager warns once and allocates as numba does from then on.  Nothing here imports numba at
 module import.
 """
-import collections
 import os
 import warnings
 import weakref
@@ -68,7 +69,7 @@ class BlockPool:
     """
 
     def __init__(self):
-        self._free = collections.defaultdict(list)
+        self._free = {}
 
     def take(self, rounded):
         """A cached block of exactly ``rounded`` bytes, or None."""
@@ -79,7 +80,10 @@ class BlockPool:
             return None
 
     def give(self, rounded, block):
-        self._free[rounded].append(block)
+        # setdefault, not a defaultdict: a finalizer run by the garbage collector while the
+        # new list is being made may give a block of the same size; whichever list is stored
+        # first wins and neither block is lost.
+        self._free.setdefault(rounded, []).append(block)
 
     def drain(self):
         """Remove and return every cached block (for freeing)."""
@@ -99,12 +103,17 @@ _MANAGER = []  # the manager class, built once numba.cuda is importable
 def _manager_class():
     if _MANAGER:
         return _MANAGER[0]
+    import contextlib  # noqa: PLC0415
+
     from numba.cuda.cudadrv.driver import (  # noqa: PLC0415  (lazy: CUDA use only)
         AutoFreePointer,
         CudaAPIError,
         NumbaCUDAMemoryManager,
+        binding,
         driver,
     )
+
+    out_of_memory = binding.CUresult.CUDA_ERROR_OUT_OF_MEMORY
 
     class CachingMemoryManager(NumbaCUDAMemoryManager):
         """numba's on-device memory manager with a cache of freed blocks (see the module)."""
@@ -112,7 +121,11 @@ def _manager_class():
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.pool = BlockPool()
-            self.failed = False
+            self.state = {"failed": False}  # shared with the blocks' finalizers
+
+        @property
+        def failed(self):
+            return self.state["failed"]
 
         def memalloc(self, size):
             if self.failed:
@@ -122,9 +135,11 @@ def _manager_class():
             except CudaAPIError:
                 raise
             except Exception as err:  # noqa: BLE001  (a bug here must not cost the user the GPU)
-                self.failed = True
+                self.state["failed"] = True
                 warnings.warn(f"sparsenet's caching CUDA allocator failed ({err!r}); allocating as "
                               "numba does from now on", RuntimeWarning, stacklevel=2)
+                with contextlib.suppress(Exception):
+                    self.empty_cache()  # nothing takes from the pool any more
                 return super().memalloc(size)
 
         def _pooled(self, size):
@@ -133,29 +148,45 @@ def _manager_class():
             if ptr is None:
                 try:
                     ptr = self._attempt_allocation(lambda: driver.cuMemAlloc(rounded))
-                except CudaAPIError:  # still out of memory: hand the cache back, then once more
-                    self.empty_cache()
+                except CudaAPIError as err:
+                    if err.code != out_of_memory:
+                        raise
+                    self.empty_cache()  # still out of memory: hand the cache back, then once more
                     ptr = self._attempt_allocation(lambda: driver.cuMemAlloc(rounded))
-            allocations, deallocations, pool = self.allocations, self.deallocations, self.pool
+            allocations, deallocations, pool, state = self.allocations, self.deallocations, self.pool, self.state
             key = []
 
             def back_to_pool():
                 allocations.pop(key[0], None)
-                if deallocations.is_disabled:  # inside cuda.defer_cleanup(): no reuse until it ends
+                if state["failed"]:  # the pool is off: free as numba does
+                    deallocations.add_item(driver.cuMemFree, ptr, rounded)
+                elif deallocations.is_disabled:  # inside cuda.defer_cleanup(): no reuse until it ends
                     deallocations.add_item(lambda p: pool.give(rounded, p), ptr, rounded)
                 else:
                     pool.give(rounded, ptr)
 
-            # As numba's manager does: an AutoFreePointer kept alive by ``allocations`` and
-            # counted by the OwnedPointers of the array and its views; the last one gone,
-            # the block goes back to the pool.
-            mem = AutoFreePointer(weakref.proxy(self.context), ptr, size, finalizer=back_to_pool)
-            key.append(mem.device_pointer_value)
-            self.allocations[key[0]] = mem
-            return mem.own()
+            try:
+                # As numba's manager does: an AutoFreePointer kept alive by ``allocations`` and
+                # counted by the OwnedPointers of the array and its views; the last one gone,
+                # the block goes back to the pool.
+                mem = AutoFreePointer(weakref.proxy(self.context), ptr, size, finalizer=back_to_pool)
+                key.append(mem.device_pointer_value)
+                self.allocations[key[0]] = mem
+                return mem.own()
+            except Exception:
+                pool.give(rounded, ptr)  # not lost: cached, and freed by empty_cache
+                raise
+
+        @contextlib.contextmanager
+        def defer_cleanup(self):
+            with super().defer_cleanup():
+                yield
+            if not self.deallocations.is_disabled:  # the outermost region ended: reuse now
+                self.deallocations.clear()
 
         def empty_cache(self):
             """Free every cached block (after the device has finished with them)."""
+            self.deallocations.clear()  # blocks queued by a finished defer_cleanup region
             blocks = self.pool.drain()
             if blocks:
                 driver.cuCtxSynchronize()
@@ -163,8 +194,12 @@ def _manager_class():
                     driver.cuMemFree(ptr)
 
         def reset(self):
-            self.pool.drain()  # the context's memory is going away with it
+            # numba's reset drops every allocation, whose finalizers hand the blocks (live
+            # arrays' too, as numba frees them) to the pool; then the pool frees them.
             super().reset()
+            for ptr in self.pool.drain():
+                with contextlib.suppress(CudaAPIError):
+                    driver.cuMemFree(ptr)
 
     _MANAGER.append(CachingMemoryManager)
     return CachingMemoryManager
@@ -194,6 +229,8 @@ def install():
 
         if getattr(config, "CUDA_MEMORY_MANAGER", "default") != "default":
             return False  # the user chose a manager
+        if getattr(config, "CUDA_PER_THREAD_DEFAULT_STREAM", 0):
+            return False  # launches of different threads are not ordered: reuse would race
         if getattr(drv, "_memory_manager", None) is not None:
             return False  # a context exists already (or a manager was set): leave it
         drv.set_memory_manager(_manager_class())

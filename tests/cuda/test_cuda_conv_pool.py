@@ -46,6 +46,7 @@ CONV_CASES = [
     ((1, 1, 3, 3), (1, 3, 3), (1, 1), (1, 1), (1, 1), 1),
     ((1, 3, 5, 5), (6, 3, 3), (1, 1), (1, 1), (1, 1), 1),  # two channel blocks: 4 + 2
     ((1, 4, 4, 4), (10, 2, 2), (1, 1), (0, 0), (1, 1), 2),  # 5 channels a group: 4 + 1
+    ((5, 2, 2, 3), (2, 1, 2), (1, 1), (0, 0), (1, 1), 1),  # 2x2 planes < block: batch split too
 ]
 
 
@@ -113,8 +114,16 @@ def test_conv2d_backward_flags_and_big_kernel(rng):
     from sparsenet.kernels.cuda import conv
 
     k = math.isqrt(conv.CONV_WSTAGE // conv.CONV_OB) + 1
-    with pytest.raises(NotImplementedError, match="taps"):
-        kc.conv2d(_dev(np.zeros((1, 1, k, k))), _dev(np.zeros((1, 1, k, k))), None, (1, 1), (0, 0), (1, 1))
+    x_big, w_big = _dev(np.zeros((1, 1, k, k))), _dev(np.zeros((1, 1, k, k)))
+    with pytest.raises(NotImplementedError, match="forward.*taps"):
+        kc.conv2d(x_big, w_big, None, (1, 1), (0, 0), (1, 1))
+    # the backward stages one channel's filter: the same kernel fits there
+    gx, gw = kc.conv2d_backward(_dev(np.zeros((1, 1, 1, 1))), x_big, w_big, (1, 1), (0, 0), (1, 1))
+    assert gx.shape == (1, 1, k, k) and gw.shape == (1, 1, k, k)
+    k = math.isqrt(conv.CONV_WSTAGE) + 1
+    with pytest.raises(NotImplementedError, match="backward.*taps"):
+        kc.conv2d_backward(_dev(np.zeros((1, 1, 1, 1))), _dev(np.zeros((1, 1, k, k))),
+                           _dev(np.zeros((1, 1, k, k))), (1, 1), (0, 0), (1, 1))
 
 
 # (N, C, H, W), kernel, stride, padding

@@ -41,15 +41,16 @@ def test_block_pool_hands_back_the_latest_block_of_that_size():
 class _FakeDriver:
     """Hands out distinct fake device addresses and records frees and synchronisations."""
 
-    def __init__(self, fail_allocs=0):
-        self.next, self.allocs, self.freed, self.syncs, self.fail_allocs = 1 << 20, [], [], 0, fail_allocs
+    def __init__(self):
+        self.next, self.allocs, self.freed, self.syncs = 1 << 20, [], [], 0
+        self.fail_allocs, self.fail_code = 0, "CUDA_ERROR_OUT_OF_MEMORY"
 
     def cuMemAlloc(self, size):  # noqa: N802  (the driver's name)
         from numba.cuda.cudadrv.driver import CudaAPIError, binding
 
         if self.fail_allocs:
             self.fail_allocs -= 1
-            raise CudaAPIError(binding.CUresult.CUDA_ERROR_OUT_OF_MEMORY, "out of memory")
+            raise CudaAPIError(getattr(binding.CUresult, self.fail_code), "failed")
         ptr, self.next = self.next, self.next + size + 4096
         self.allocs.append((ptr, size))
         return binding.CUdeviceptr(ptr)
@@ -123,11 +124,11 @@ def test_defer_cleanup_queues_blocks_and_empty_cache_frees_them(fake_manager):
     a = _array(manager, 100)
     block = _address(a)
     with manager.defer_cleanup():
-        del a
-        gc.collect()
+        with manager.defer_cleanup():  # nested: still deferred when the inner region ends
+            del a
+            gc.collect()
         assert manager.pool.cached_bytes() == 0  # not reusable while cleanup is deferred
-    manager.deallocations.clear()  # numba flushes its queue after the block
-    assert manager.pool.cached_bytes() == 512
+    assert manager.pool.cached_bytes() == 512  # reusable once the outermost region has ended
     manager.empty_cache()
     assert fake.freed == [block] and fake.syncs == 1 and manager.pool.cached_bytes() == 0
 
@@ -145,17 +146,53 @@ def test_out_of_memory_gives_the_cache_back_and_retries(fake_manager):
 
 
 @pytest.mark.no_cuda_skip
+def test_other_driver_errors_propagate_and_keep_the_cache(fake_manager):
+    from numba.cuda.cudadrv.driver import CudaAPIError
+
+    manager, fake, _ = fake_manager
+    a = _array(manager, 100)
+    del a
+    fake.fail_allocs, fake.fail_code = 1, "CUDA_ERROR_ILLEGAL_ADDRESS"
+    with pytest.raises(CudaAPIError):
+        _array(manager, 5000)
+    assert fake.freed == [] and manager.pool.cached_bytes() == 512
+
+
+@pytest.mark.no_cuda_skip
+def test_reset_frees_cached_and_live_blocks(fake_manager):
+    manager, fake, _ = fake_manager
+    live = _array(manager, 100)
+    cached = _array(manager, 300)
+    addresses = {_address(live), _address(cached)}
+    del cached
+    manager.reset()
+    assert set(fake.freed) == addresses and manager.pool.cached_bytes() == 0
+    del live  # its memory went with the reset: nothing comes back to the pool
+    gc.collect()
+    assert manager.pool.cached_bytes() == 0 and len(fake.freed) == 2
+
+
+@pytest.mark.no_cuda_skip
 def test_a_failing_pool_warns_once_and_falls_back_to_numba(fake_manager, monkeypatch):
     manager, fake, _ = fake_manager
 
     def broken(size):
         raise TypeError("unexpected pointer type")
 
+    before = _array(manager, 10)
+    cached = _array(manager, 300)
+    cached_address = _address(cached)
+    del cached
     monkeypatch.setattr(manager, "_pooled", broken)
     with pytest.warns(RuntimeWarning, match="caching CUDA allocator failed"):
         a = _array(manager, 10)
+    assert fake.freed == [cached_address]  # the pool was emptied: nothing would take from it
     b = _array(manager, 10)  # no second warning: the pool is off for good
-    assert manager.failed and _address(a) != _address(b) and len(fake.allocs) == 2
+    assert manager.failed and _address(a) != _address(b) and len(fake.allocs) == 4
+    pooled_address = _address(before)
+    del before  # allocated by the pool, freed as numba frees: queued, then cuMemFree
+    manager.deallocations.clear()
+    assert fake.freed == [cached_address, pooled_address] and manager.pool.cached_bytes() == 0
 
 
 # ----------------------------------------------------------------------------- on a real GPU
@@ -179,11 +216,12 @@ def _kc():
 def test_pool_in_use_and_freed_block_reused():
     kc = _kc()
     assert kc.memory_stats()["pool"]
+    gc.collect()
+    kc.empty_cache()  # no other block of this size in the pool: the reuse below is certain
     a = kc.empty((1000,), np.float32)
     p = _ptr(a)
     del a
-    gc.collect()
-    assert kc.memory_stats()["cached_bytes"] >= memory.round_size(4000)
+    assert kc.memory_stats()["cached_bytes"] == memory.round_size(4000)
     b = kc.empty((999,), np.float32)  # same rounded size: the same block
     assert _ptr(b) == p
 
@@ -191,16 +229,16 @@ def test_pool_in_use_and_freed_block_reused():
 @needs_allocator
 def test_a_view_keeps_its_block_out_of_the_pool():
     kc = _kc()
+    gc.collect()
+    kc.empty_cache()
     a = kc.to_device(np.arange(1000, dtype=np.float32))
     v = a[10:20]
     p = _ptr(a)
     del a
-    gc.collect()
     b = kc.zeros((1000,), np.float32)
     assert _ptr(b) != p
     np.testing.assert_array_equal(v.copy_to_host(), np.arange(10, 20, dtype=np.float32))
     del v
-    gc.collect()
     c = kc.empty((1000,), np.float32)
     assert _ptr(c) == p  # the view gone, the block is free again
 
