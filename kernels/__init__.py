@@ -715,11 +715,27 @@ def add_(dst, src):
     return dst
 
 
+def mul_(dst, src):
+    """``dst *= src`` in place (re-applying a pruning mask of dst's shape); returns dst."""
+    if _on_cuda(dst=dst, src=src):
+        return _gpu().mul_(dst, src)
+    dst *= src
+    return dst
+
+
 def soft_threshold_(x, t):
     """``x <- sign(x) * max(|x| - t, 0)`` in place (the L1 proximal step); returns x."""
     if _device.is_device_array(x):
         return _gpu().soft_threshold_(x, t)
     return np.multiply(np.sign(x), np.maximum(np.abs(x) - x.dtype.type(t), 0), out=x)
+
+
+def hard_threshold_(x, t):
+    """``x <- 0`` where ``|x| < t``, in place (the L0 proximal step); returns x."""
+    if _device.is_device_array(x):
+        return _gpu().hard_threshold_(x, t)
+    x[np.abs(x) < t] = 0
+    return x
 
 
 def bias_add_(y, bias):

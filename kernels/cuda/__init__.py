@@ -745,25 +745,45 @@ def scaled_mul(x, mask, scale):
     return out
 
 
-def add_(dst, src):
-    """dst += src in place (contiguous ``dst``); returns dst."""
-    if _order(as_device_array(dst, "dst")) is None:  # a copy would take the update, not dst
-        raise ValueError(f"add_ updates in place and needs a contiguous dst; got strides {dst.strides}")
+def _binary_(kernel, name, dst, src):
+    """dst <- dst (op) src in place through an element-wise kernel; returns dst."""
+    dst = as_device_array(dst, "dst")
+    if dst.size and _order(dst) is None:  # a copy would take the update, not dst
+        raise ValueError(f"{name} updates in place and needs a contiguous dst; got strides {dst.strides}")
     dst, src = _operands(dst, src, "dst", "src")
     if dst.size:
-        _ops().add_inplace[_grid(dst.size)](_flat_view(dst), _flat_view(src))
+        kernel[_grid(dst.size)](_flat_view(dst), _flat_view(src))
     return dst
 
 
-def soft_threshold_(x, t):
-    """x <- sign(x) * max(|x| - t, 0) in place (contiguous ``x``); returns x."""
+def add_(dst, src):
+    """dst += src in place (contiguous ``dst``); returns dst."""
+    return _binary_(_ops().add_inplace, "add_", dst, src)
+
+
+def mul_(dst, src):
+    """dst *= src in place (contiguous ``dst``, e.g. a pruning mask as src); returns dst."""
+    return _binary_(_ops().mul_inplace, "mul_", dst, src)
+
+
+def _threshold_(kernel, name, x, t):
     x = as_device_array(x, "x")
     if x.size == 0:
         return x
     if _order(x) is None:
-        raise ValueError(f"soft_threshold_ works in place and needs a contiguous x; got strides {x.strides}")
-    _ops().soft_threshold_inplace[_grid(x.size)](_flat_view(x), float(t))
+        raise ValueError(f"{name} works in place and needs a contiguous x; got strides {x.strides}")
+    kernel[_grid(x.size)](_flat_view(x), float(t))
     return x
+
+
+def soft_threshold_(x, t):
+    """x <- sign(x) * max(|x| - t, 0) in place (contiguous ``x``); returns x."""
+    return _threshold_(_ops().soft_threshold_inplace, "soft_threshold_", x, t)
+
+
+def hard_threshold_(x, t):
+    """x <- 0 where |x| < t, in place (contiguous ``x``); returns x."""
+    return _threshold_(_ops().hard_threshold_inplace, "hard_threshold_", x, t)
 
 
 def bias_add_(y, bias):
@@ -951,7 +971,8 @@ def accumulate_metrics(acc, loss, batch, logits=None, target=None):
 
 
 __all__ += [
-    "contiguous", "copy", "activation", "activation_backward", "scaled_mul", "add_", "soft_threshold_", "bias_add_",
+    "contiguous", "copy", "activation", "activation_backward", "scaled_mul", "add_", "mul_", "soft_threshold_",
+    "hard_threshold_", "bias_add_",
     "batch_sum", "matmul", "transpose", "cross_entropy", "cross_entropy_backward", "mse_loss",
     "mse_loss_backward", "metrics_accumulator", "accumulate_metrics", "channel_moments",
     "batch_norm_running_", "batch_norm_apply", "batch_norm_backward", "softmax_rows", "softmax_rows_backward",

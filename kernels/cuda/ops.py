@@ -105,6 +105,22 @@ def soft_threshold_inplace(x, t):
 
 
 @cuda.jit
+def hard_threshold_inplace(x, t):
+    """x[i] <- 0 where |x[i]| < t, in place (the L0 proximal step; NaN kept).  x (n,)."""
+    s = x.dtype.type(t)
+    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        if abs(x[i]) < s:
+            x[i] = 0
+
+
+@cuda.jit
+def mul_inplace(dst, src):
+    """dst[i] *= src[i] (re-applying a pruning mask).  dst, src (n,)."""
+    for i in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
+        dst[i] *= src[i]
+
+
+@cuda.jit
 def add_inplace(dst, src):
     """dst[i] += src[i] (gradient accumulation).  dst, src (n,)."""
     for i in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):

@@ -13,6 +13,7 @@ import numbers
 
 import numpy as np
 
+from .. import kernels
 from ..csr import CSRMatrix
 from ..nn.conv import Conv2d, SparseConv2d
 from ..nn.linear import Linear, SparseLinear
@@ -172,6 +173,7 @@ class MagnitudePruner(Callback):
         self._layer_names = None if layers is None else [self._name_of(m) for m in layers]
         self.to_sparse_below = check_fraction(to_sparse_below, "to_sparse_below", high_open=False)
         self.masks = {}
+        self._device_masks = {}  # Parameter -> (host mask, its device copy)
 
     def _name_of(self, layer):
         for name, m in weight_layers(self.model):
@@ -245,9 +247,23 @@ class MagnitudePruner(Callback):
             to_sparse(self.model, self.optimizer, layers=[layer], max_density=1.0)
 
     def apply_masks(self):
-        """Re-zero the masked dense weights (call after each optimizer step)."""
+        """Re-zero the masked dense weights (call after each optimizer step), on their device."""
         for p, mask in self.masks.items():
-            p.data *= mask
+            kernels.mul_(p.data, self._mask_like(p, mask))
+
+    def _mask_like(self, p, mask):
+        """``mask`` as p.data's dtype, on p.data's device (uploaded once per mask)."""
+        if not kernels.on_device(data=p.data):
+            return mask
+        cached = self._device_masks.get(p)
+        if cached is None or cached[0] is not mask:
+            cached = (mask, kernels.to_device(mask.astype(p.data.dtype)))
+            self._device_masks[p] = cached
+        return cached[1]
+
+    def needs_host(self, hook, trainer):
+        # Re-applying masks runs on the weights' device; only pruning itself needs the host.
+        return False
 
     # callback protocol
     def on_train_begin(self, trainer):
@@ -308,11 +324,14 @@ class GradualMagnitudePruner(MagnitudePruner):
         return cubic_sparsity(step, self.final_sparsity, initial_sparsity=self.initial_sparsity,
                               begin_step=self.begin_step, end_step=self.end_step)
 
+    def needs_host(self, hook, trainer):
+        # On the GPU only the pruning steps bring the model to the host.
+        return hook == "on_batch_end" and _pruning_step(self, self.step_count)
+
     def step(self):
         """Advance one optimizer step: prune when the schedule says so, then re-apply masks."""
         t = self.step_count
-        if self.begin_step <= t <= self.end_step and ((t - self.begin_step) % self.frequency == 0
-                                                      or t == self.end_step):
+        if _pruning_step(self, t):
             s = self.sparsity_at(t)
             self.prune(s)
             self.history.append((t, s))
@@ -439,8 +458,7 @@ class GradualStructuredPruner(Callback):
 
         t = self.step_count
         self.step_count += 1
-        if not (self.begin_step <= t <= self.end_step
-                and ((t - self.begin_step) % self.frequency == 0 or t == self.end_step)):
+        if not _pruning_step(self, t):
             return
         amount = cubic_sparsity(t, self.final_amount, begin_step=self.begin_step, end_step=self.end_step)
         n0 = {id(a): n for a, n in self.original}
@@ -460,6 +478,16 @@ class GradualStructuredPruner(Callback):
     def on_batch_end(self, trainer, batch, logs):
         self.step()
 
+    def needs_host(self, hook, trainer):
+        # On the GPU only the pruning steps bring the model to the host.
+        return hook == "on_batch_end" and _pruning_step(self, self.step_count)
+
+
+def _pruning_step(schedule, t):
+    """Whether step ``t`` of a gradual pruner (begin_step, end_step, frequency) prunes."""
+    return schedule.begin_step <= t <= schedule.end_step and (
+        (t - schedule.begin_step) % schedule.frequency == 0 or t == schedule.end_step)
+
 
 def _n_units(layer):
     """Number of output units (neurons or channels) of a weight layer."""
@@ -469,8 +497,6 @@ def _n_units(layer):
 def _unit_norms(layer, norm):
     p = layer.weight
     if p.is_sparse:
-        from .. import kernels
-
         return kernels.csr_row_norms(p.csr.indptr, p.csr.data, norm)
     return np.linalg.norm(p.data.reshape(p.data.shape[0], -1), ord=norm, axis=1)
 

@@ -247,13 +247,17 @@ class HardThreshold(_Prox):
         self.threshold = None if threshold is None else check_nonneg(threshold, "threshold")
         self.sparsity = None if sparsity is None else check_fraction(sparsity, "sparsity")
 
+    def needs_host(self, hook, trainer):
+        # A fixed threshold runs on the weights' device; keeping a top fraction sorts on the host.
+        return self.sparsity is not None and super().needs_host(hook, trainer)
+
     def step(self):
         for layer in self.layers:
             p = layer.weight
-            flat = p.data.reshape(-1)
             if self.threshold is not None:
-                flat[np.abs(flat) < self.threshold] = 0
+                kernels.hard_threshold_(p.data, self.threshold)
                 continue
+            flat = p.data.reshape(-1)
             size = int(np.prod(p.dense_shape))
             n_keep = size - int(round(self.sparsity * size))
             n_zero = flat.size - n_keep

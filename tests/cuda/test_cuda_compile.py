@@ -119,6 +119,8 @@ def test_sparse_conv_and_training_step_kernels_compile(compile_ptx, fdt, idt):
         "scaled_mul": (ops.scaled_mul, (vec, vec, types.float64, vec)),
         "add_inplace": (ops.add_inplace, (vec, vec)),
         "soft_threshold_inplace": (ops.soft_threshold_inplace, (vec, types.float64)),
+        "hard_threshold_inplace": (ops.hard_threshold_inplace, (vec, types.float64)),
+        "mul_inplace": (ops.mul_inplace, (vec, vec)),
         "bias_add": (ops.bias_add, (anym, vec, types.boolean)),
         "batch_sum": (ops.batch_sum, (anym, vec)),
         "matmul": (ops.matmul, (anym, anym, mat)),

@@ -302,6 +302,40 @@ def test_sparsity_callbacks_train_on_device_like_on_host(rng, make_cb):
         np.testing.assert_allclose(m_gpu.state_dict()[key], value, rtol=1e-10, atol=1e-12, err_msg=key)
 
 
+def _dense_model():
+    return nn.Sequential(nn.Linear(6, 10, rng=0, dtype=F64), nn.ReLU(), nn.Linear(10, 3, rng=1, dtype=F64))
+
+
+@pytest.mark.parametrize("make_cb, trips_expected", [
+    # dense weights pruned by masks re-applied on the device every step; pruning steps 1, 3, 5
+    (lambda m: sparsity.GradualMagnitudePruner(m, 0.4, begin_step=1, end_step=5, frequency=2,
+                                               to_sparse_below=0.0), 3),
+    (lambda m: sparsity.HardThreshold(m, 0.05), 0),
+    (lambda m: sparsity.GradualStructuredPruner(m, 0.5, begin_step=2, end_step=6, frequency=4), 2),
+], ids=["gmp-masks", "hard-threshold", "structured"])
+def test_pruners_use_the_host_only_on_pruning_steps(rng, monkeypatch, make_cb, trips_expected):
+    """Per-step work (re-applying masks, fixed-threshold zeroing) runs on the device; the
+    trainer brings the model to the host only for the steps that prune, and the result is the
+    CPU's."""
+    x, y = _problem(rng, 32)
+    runs = {}
+    trips = []
+    original = nn.Module._to_host_for_a_while
+    monkeypatch.setattr(nn.Module, "_to_host_for_a_while", lambda self: trips.append(1) or original(self))
+    for device in ("cpu", "cuda"):
+        model = _dense_model()
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        hist = train.fit(model, nn.CrossEntropyLoss(), opt, (x, y), epochs=2, batch_size=8, progress=False,
+                         rng=0, device=device, callbacks=[make_cb(model)])
+        runs[device] = (model, hist)
+    assert len(trips) == trips_expected  # all of them from the device run
+    (m_cpu, h_cpu), (m_gpu, h_gpu) = runs["cpu"], runs["cuda"]
+    np.testing.assert_allclose(h_gpu["loss"], h_cpu["loss"], rtol=1e-10)
+    assert m_gpu.state_dict().keys() == m_cpu.state_dict().keys()
+    for key, value in m_cpu.state_dict().items():
+        np.testing.assert_allclose(m_gpu.state_dict()[key], value, rtol=1e-10, atol=1e-12, err_msg=key)
+
+
 def test_host_round_trip_keeps_an_unchanged_device_pattern():
     p = _sparse_model()[0].weight.to("cuda")
     indices = p.csr.indices
