@@ -263,11 +263,16 @@ def _cmd_info(args):
             print(f"{dist:<9} {metadata.version(dist)}")
         except metadata.PackageNotFoundError:
             print(f"{dist:<9} not installed")
-    from .kernels.device import cuda_available
+    from .kernels.device import _simulator_enabled, cuda_available
 
     ok, reason = cuda_available()
     detail = f"{'yes' if ok else 'no'}: {reason}"
     print(f"CUDA      {detail}")
+    if ok and not _simulator_enabled():
+        from .kernels.cuda import memory
+
+        pool = "caching pool" if memory.install() else "numba's (SPARSENET_CUDA_POOL=1: a caching pool)"
+        print(f"allocator {pool}")
     return 0
 
 
