@@ -286,18 +286,25 @@ def _sparse_model():
 def test_sparsity_callbacks_train_on_device_like_on_host(rng, make_cb):
     """Host-only callbacks run between device steps (the trainer moves the model over and back)
     and change the patterns exactly as on the CPU."""
+    _trains_alike_on_both_devices(rng, _sparse_model, make_cb, epochs=3)
+
+
+def _trains_alike_on_both_devices(rng, make_model, make_cb, epochs):
+    """Train the same model with the callback on the CPU and on the device: same history, same
+    final state (float64)."""
     x, y = _problem(rng, 32)
     runs = {}
     for device in ("cpu", "cuda"):
-        model = _sparse_model()
+        model = make_model()
         opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        hist = train.fit(model, nn.CrossEntropyLoss(), opt, (x, y), epochs=3, batch_size=8, progress=False,
+        hist = train.fit(model, nn.CrossEntropyLoss(), opt, (x, y), epochs=epochs, batch_size=8, progress=False,
                          rng=0, device=device, callbacks=[make_cb(model)])
         runs[device] = (model, hist)
     (m_cpu, h_cpu), (m_gpu, h_gpu) = runs["cpu"], runs["cuda"]
     assert m_gpu.device == "cuda"
     np.testing.assert_allclose(h_gpu["loss"], h_cpu["loss"], rtol=1e-10)
     np.testing.assert_allclose(h_gpu["sparsity"], h_cpu["sparsity"], rtol=1e-12)
+    assert m_gpu.state_dict().keys() == m_cpu.state_dict().keys()
     for key, value in m_cpu.state_dict().items():
         np.testing.assert_allclose(m_gpu.state_dict()[key], value, rtol=1e-10, atol=1e-12, err_msg=key)
 
@@ -317,23 +324,11 @@ def test_pruners_use_the_host_only_on_pruning_steps(rng, monkeypatch, make_cb, t
     """Per-step work (re-applying masks, fixed-threshold zeroing) runs on the device; the
     trainer brings the model to the host only for the steps that prune, and the result is the
     CPU's."""
-    x, y = _problem(rng, 32)
-    runs = {}
     trips = []
     original = nn.Module._to_host_for_a_while
     monkeypatch.setattr(nn.Module, "_to_host_for_a_while", lambda self: trips.append(1) or original(self))
-    for device in ("cpu", "cuda"):
-        model = _dense_model()
-        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        hist = train.fit(model, nn.CrossEntropyLoss(), opt, (x, y), epochs=2, batch_size=8, progress=False,
-                         rng=0, device=device, callbacks=[make_cb(model)])
-        runs[device] = (model, hist)
+    _trains_alike_on_both_devices(rng, _dense_model, make_cb, epochs=2)
     assert len(trips) == trips_expected  # all of them from the device run
-    (m_cpu, h_cpu), (m_gpu, h_gpu) = runs["cpu"], runs["cuda"]
-    np.testing.assert_allclose(h_gpu["loss"], h_cpu["loss"], rtol=1e-10)
-    assert m_gpu.state_dict().keys() == m_cpu.state_dict().keys()
-    for key, value in m_cpu.state_dict().items():
-        np.testing.assert_allclose(m_gpu.state_dict()[key], value, rtol=1e-10, atol=1e-12, err_msg=key)
 
 
 def test_host_round_trip_keeps_an_unchanged_device_pattern():
