@@ -730,6 +730,30 @@ def soft_threshold_(x, t):
     return np.multiply(np.sign(x), np.maximum(np.abs(x) - x.dtype.type(t), 0), out=x)
 
 
+def group_soft_threshold_(x, indptr, t):
+    """Group soft threshold in place over the runs ``x.ravel()[indptr[g]:indptr[g+1]]`` of a
+    C-contiguous ``x``: ``x_g *= max(0, 1 - t * sqrt(n_g) / ||x_g||)`` (0 for a zero group);
+    returns x."""
+    if _on_cuda(x=x, indptr=indptr):
+        return _gpu().group_soft_threshold_(x, indptr, t)
+    if not x.flags.c_contiguous:
+        raise ValueError("group_soft_threshold_ works in place on a C-contiguous x")
+    sizes = np.diff(np.asarray(indptr, dtype=np.int64))
+    group_scale_(x.reshape(-1), np.repeat(np.arange(sizes.size), sizes), sizes.size, t)
+    return x
+
+
+def group_scale_(x, groups, n_groups, t):
+    """Host: ``x_g *= max(0, 1 - t * sqrt(n_g) / ||x_g||)`` in place for any group ids
+    ``groups`` (one per entry, in [0, n_groups)); norms in float64.  Returns x."""
+    norms = np.sqrt(np.bincount(groups, weights=np.square(x, dtype=np.float64), minlength=n_groups))
+    sizes = np.bincount(groups, minlength=n_groups)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(norms > 0, np.maximum(0.0, 1.0 - t * np.sqrt(sizes) / norms), 0.0)
+    x *= scale[groups].astype(x.dtype)
+    return x
+
+
 def hard_threshold_(x, t):
     """``x <- 0`` where ``|x| < t``, in place (the L0 proximal step); returns x."""
     if _device.is_device_array(x):

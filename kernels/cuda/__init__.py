@@ -786,6 +786,19 @@ def hard_threshold_(x, t):
     return _threshold_(_ops().hard_threshold_inplace, "hard_threshold_", x, t)
 
 
+def group_soft_threshold_(x, indptr, t):
+    """Group soft threshold in place over the runs ``x.ravel()[indptr[g]:indptr[g+1]]`` of a
+    C-contiguous device array; returns x."""
+    x, indptr = as_device_array(x, "x"), as_device_array(indptr, "indptr")
+    if x.size == 0 or indptr.shape[0] < 2:
+        return x
+    if _order(x) != "C":  # groups are runs of the values in C order (a weight's output units)
+        raise ValueError(f"group_soft_threshold_ works in place on a C-contiguous x; got strides {x.strides}")
+    _ops().group_soft_threshold_segments[(indptr.shape[0] - 1,), (_ops().RED_THREADS,)](
+        _flat_view(x), indptr, float(t))
+    return x
+
+
 def bias_add_(y, bias):
     """y[b, f] += bias[f] in place for a (B, F) device array; returns y."""
     y, bias = as_device_array(y, "y"), as_device_array(bias, "bias")
@@ -972,7 +985,7 @@ def accumulate_metrics(acc, loss, batch, logits=None, target=None):
 
 __all__ += [
     "contiguous", "copy", "activation", "activation_backward", "scaled_mul", "add_", "mul_", "soft_threshold_",
-    "hard_threshold_", "bias_add_",
+    "hard_threshold_", "group_soft_threshold_", "bias_add_",
     "batch_sum", "matmul", "transpose", "cross_entropy", "cross_entropy_backward", "mse_loss",
     "mse_loss_backward", "metrics_accumulator", "accumulate_metrics", "channel_moments",
     "batch_norm_running_", "batch_norm_apply", "batch_norm_backward", "softmax_rows", "softmax_rows_backward",

@@ -114,6 +114,29 @@ def hard_threshold_inplace(x, t):
 
 
 @cuda.jit
+def group_soft_threshold_segments(x, indptr, t):
+    """Group soft threshold in place, group g = x[indptr[g]:indptr[g+1]] (a CSR row, a dense
+    weight's output unit): x_g *= max(0, 1 - t * sqrt(n_g) / ||x_g||), 0 when ||x_g|| = 0 (NaN
+    entries stay NaN, as on the host).  One block per group; a block_sum tree: deterministic."""
+    red = cuda.shared.array(RED_THREADS, dtype=x.dtype)
+    g = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    start = indptr[g]
+    end = indptr[g + 1]
+    zero = x.dtype.type(0)
+    acc = zero
+    for k in range(start + tid, end, RED_THREADS):
+        acc += x[k] * x[k]
+    red[tid] = acc
+    norm = math.sqrt(block_sum(red, tid))
+    scale = zero
+    if norm > zero:
+        scale = max(zero, x.dtype.type(1) - x.dtype.type(t) * math.sqrt(x.dtype.type(end - start)) / norm)
+    for k in range(start + tid, end, RED_THREADS):
+        x[k] *= scale
+
+
+@cuda.jit
 def mul_inplace(dst, src):
     """dst[i] *= src[i] (re-applying a pruning mask).  dst, src (n,)."""
     for i in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):

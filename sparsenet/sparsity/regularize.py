@@ -75,11 +75,11 @@ def group_soft_threshold(w, groups, n_groups, t, *, out=None):
     """
     t = check_nonneg(t, "threshold t")
     w = np.asarray(w)
-    norms = np.sqrt(np.bincount(groups, weights=np.square(w, dtype=np.float64), minlength=n_groups))
-    sizes = np.bincount(groups, minlength=n_groups)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale = np.where(norms > 0, np.maximum(0.0, 1.0 - t * np.sqrt(sizes) / norms), 0.0)
-    return np.multiply(w, scale[groups].astype(w.dtype), out=out)
+    if out is None:
+        out = w.copy()
+    elif out is not w:
+        np.copyto(out, w)
+    return kernels.group_scale_(out, groups, n_groups, t)
 
 
 class _Prox(Callback):
@@ -184,6 +184,7 @@ class GroupLassoProx(_Prox):
         if group not in self.GROUPS:
             raise ValueError(f"group must be one of {self.GROUPS}; got {group!r}")
         self.group = group
+        self._bounds = {}  # (n_out, fan_in) -> device indptr of a dense weight's output groups
 
     @staticmethod
     def group_ids(layer, group):
@@ -201,13 +202,33 @@ class GroupLassoProx(_Prox):
             return np.repeat(np.arange(n_out), fan_in), n_out
         return np.tile(np.arange(fan_in) // taps, n_out), fan_in // taps
 
+    def needs_host(self, hook, trainer):
+        # Output groups are contiguous runs of the weight's values: thresholded on its device.
+        return self.group != "output" and super().needs_host(hook, trainer)
+
     def step(self):
         """Apply the block soft threshold in place to every weight."""
         for layer in self.layers:
             p = layer.weight
+            t = self._step_size(p) * self.lam
+            if self.group == "output" and kernels.on_device(data=p.data):
+                kernels.group_soft_threshold_(p.data, self._unit_bounds(p), t)
+                continue
             ids, n = self.group_ids(layer, self.group)
             flat = p.data.reshape(-1)
-            group_soft_threshold(flat, ids, n, self._step_size(p) * self.lam, out=flat)
+            group_soft_threshold(flat, ids, n, t, out=flat)
+
+    def _unit_bounds(self, p):
+        """Device ``indptr`` of the output groups of a device weight: the CSR row pointer, or
+        multiples of the fan-in for a dense weight (uploaded once per shape)."""
+        if p.is_sparse:
+            return p.csr.indptr
+        n_out = p.data.shape[0]
+        fan_in = p.data.size // max(n_out, 1)
+        key = (n_out, fan_in)
+        if key not in self._bounds:
+            self._bounds[key] = kernels.to_device(np.arange(n_out + 1, dtype=np.int64) * fan_in)
+        return self._bounds[key]
 
 
 class HardThreshold(_Prox):

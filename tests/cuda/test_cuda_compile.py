@@ -121,6 +121,7 @@ def test_sparse_conv_and_training_step_kernels_compile(compile_ptx, fdt, idt):
         "soft_threshold_inplace": (ops.soft_threshold_inplace, (vec, types.float64)),
         "hard_threshold_inplace": (ops.hard_threshold_inplace, (vec, types.float64)),
         "mul_inplace": (ops.mul_inplace, (vec, vec)),
+        "group_soft_threshold_segments": (ops.group_soft_threshold_segments, (vec, types.int64[::1], types.float64)),
         "bias_add": (ops.bias_add, (anym, vec, types.boolean)),
         "batch_sum": (ops.batch_sum, (anym, vec)),
         "matmul": (ops.matmul, (anym, anym, mat)),

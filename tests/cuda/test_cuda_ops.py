@@ -212,6 +212,31 @@ def test_soft_threshold_in_place_matches_the_host(rng, dtype, order):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_group_soft_threshold_over_runs_matches_the_host(rng, dtype):
+    from sparsenet.sparsity import group_soft_threshold
+
+    # groups of 0, 1, 3, 20 and 2 entries (20 > the shrunk block: several strides per thread);
+    # one zero group, one NaN entry (its group: NaN stays, the rest zero), one group shrunk to 0
+    indptr = np.array([0, 0, 1, 4, 24, 26])
+    x = rng.standard_normal(26).astype(dtype)
+    x[1:4] = 0.0
+    x[24:26] = [np.nan, 1.0]
+    x[0] = 1e-3
+    t = 0.2
+    ids = np.repeat(np.arange(5), np.diff(indptr))
+    expected = group_soft_threshold(x, ids, 5, t)
+    xd = _dev(x)
+    assert K.group_soft_threshold_(xd, _dev(indptr), t) is xd
+    np.testing.assert_allclose(_host(xd), expected, **_tol(dtype))
+    w = rng.standard_normal((3, 2, 2)).astype(dtype)  # a C-ordered weight: rows of 4 values
+    bounds = np.arange(4) * 4
+    np.testing.assert_allclose(_host(K.group_soft_threshold_(_dev(w), _dev(bounds), t)),
+                               K.group_soft_threshold_(w.copy(), bounds, t), **_tol(dtype))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        K.group_soft_threshold_(_dev(np.asfortranarray(w[:, :, 0])), _dev(np.arange(4) * 2), t)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shapes", [((5, 7), (7, 3)), ((1, 1), (1, 9)), ((9, 4), (4, 1)), ((3, 0), (0, 2))])
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True)])
 def test_matmul_matches_numpy(rng, dtype, shapes, ta, tb):

@@ -282,7 +282,8 @@ def _sparse_model():
     lambda m: sparsity.RigL(m, drop_fraction=0.3, update_every=2),
     lambda m: sparsity.GradualMagnitudePruner(m, 0.7, begin_step=1, end_step=5, frequency=2),
     lambda m: sparsity.L1Prox(m, 1e-2),
-], ids=["set", "rigl", "gmp", "l1"])
+    lambda m: sparsity.GroupLassoProx(m, 0.3),
+], ids=["set", "rigl", "gmp", "l1", "group-lasso-rows"])
 def test_sparsity_callbacks_train_on_device_like_on_host(rng, make_cb):
     """Host-only callbacks run between device steps (the trainer moves the model over and back)
     and change the patterns exactly as on the CPU."""
@@ -318,8 +319,10 @@ def _dense_model():
     (lambda m: sparsity.GradualMagnitudePruner(m, 0.4, begin_step=1, end_step=5, frequency=2,
                                                to_sparse_below=0.0), 3),
     (lambda m: sparsity.HardThreshold(m, 0.05), 0),
+    (lambda m: sparsity.GroupLassoProx(m, 0.3), 0),  # output groups: rows of the dense weights
+    (lambda m: sparsity.GroupLassoProx(m, 0.3, group="input"), 8),  # input groups: on the host
     (lambda m: sparsity.GradualStructuredPruner(m, 0.5, begin_step=2, end_step=6, frequency=4), 2),
-], ids=["gmp-masks", "hard-threshold", "structured"])
+], ids=["gmp-masks", "hard-threshold", "group-lasso-rows", "group-lasso-columns", "structured"])
 def test_pruners_use_the_host_only_on_pruning_steps(rng, monkeypatch, make_cb, trips_expected):
     """Per-step work (re-applying masks, fixed-threshold zeroing) runs on the device; the
     trainer brings the model to the host only for the steps that prune, and the result is the
