@@ -733,13 +733,20 @@ def soft_threshold_(x, t):
 def group_soft_threshold_(x, indptr, t):
     """Group soft threshold in place over the runs ``x.ravel()[indptr[g]:indptr[g+1]]`` of a
     C-contiguous ``x``: ``x_g *= max(0, 1 - t * sqrt(n_g) / ||x_g||)`` (0 for a zero group);
-    returns x."""
+    returns x.  ``indptr`` non-decreasing within [0, x.size] (checked on the host only: on the
+    device it comes from a CSR row pointer or the trainer's own bounds)."""
     if _on_cuda(x=x, indptr=indptr):
         return _gpu().group_soft_threshold_(x, indptr, t)
     if not x.flags.c_contiguous:
         raise ValueError("group_soft_threshold_ works in place on a C-contiguous x")
-    sizes = np.diff(np.asarray(indptr, dtype=np.int64))
-    group_scale_(x.reshape(-1), np.repeat(np.arange(sizes.size), sizes), sizes.size, t)
+    indptr = np.asarray(indptr, dtype=np.int64)
+    if indptr.size < 2:
+        return x
+    sizes = np.diff(indptr)
+    if indptr[0] < 0 or indptr[-1] > x.size or (sizes < 0).any():
+        raise ValueError(f"indptr must be non-decreasing within [0, {x.size}]")
+    runs = x.reshape(-1)[indptr[0]:indptr[-1]]  # the groups tile this span
+    group_scale_(runs, np.repeat(np.arange(sizes.size), sizes), sizes.size, t)
     return x
 
 

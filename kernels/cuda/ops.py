@@ -129,9 +129,12 @@ def group_soft_threshold_segments(x, indptr, t):
         acc += x[k] * x[k]
     red[tid] = acc
     norm = math.sqrt(block_sum(red, tid))
+    s = x.dtype.type(t)
     scale = zero
     if norm > zero:
-        scale = max(zero, x.dtype.type(1) - x.dtype.type(t) * math.sqrt(x.dtype.type(end - start)) / norm)
+        scale = max(zero, x.dtype.type(1) - s * math.sqrt(x.dtype.type(end - start)) / norm)
+    elif norm == zero and s == zero:
+        scale = x.dtype.type(1)  # t = 0 changes nothing, even where tiny values underflowed the sum
     for k in range(start + tid, end, RED_THREADS):
         x[k] *= scale
 

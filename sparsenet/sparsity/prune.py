@@ -20,7 +20,7 @@ from ..nn.linear import Linear, SparseLinear
 from ..nn.module import Parameter
 from ..train import Callback
 from ._topology import (check_fraction, check_model, check_positive_int, filter_pattern,
-                        resolve_layers, swap_parameter, weight_layers)
+                        resolve_layers, runs_own, swap_parameter, weight_layers)
 
 __all__ = ["cubic_sparsity", "MagnitudePruner", "GradualMagnitudePruner", "magnitude_prune",
            "structured_prune", "GradualStructuredPruner", "to_sparse", "snip_scores", "saliency_scores",
@@ -214,6 +214,7 @@ class MagnitudePruner(Callback):
         sparsity = check_fraction(sparsity, "sparsity")
         layers = self.layers
         params = [m.weight for m in layers]
+        kernels.require_host("pruning (move the model with .to('cpu') first)", *(p.data for p in params))
         score = []
         for p in params:
             s = np.abs(p.data) if scores is None or p not in scores else np.asarray(scores[p])
@@ -244,26 +245,32 @@ class MagnitudePruner(Callback):
         self.masks[p] = mask
         if keep.sum() <= self.to_sparse_below * keep.size:
             self.masks.pop(p)
+            self._device_masks.pop(p, None)
             to_sparse(self.model, self.optimizer, layers=[layer], max_density=1.0)
 
     def apply_masks(self):
         """Re-zero the masked dense weights (call after each optimizer step), on their device."""
+        for p in [p for p in self._device_masks if p not in self.masks]:  # converted to CSR since
+            del self._device_masks[p]
         for p, mask in self.masks.items():
             kernels.mul_(p.data, self._mask_like(p, mask))
 
     def _mask_like(self, p, mask):
-        """``mask`` as p.data's dtype, on p.data's device (uploaded once per mask)."""
+        """``mask`` as p.data's dtype, on p.data's device (uploaded once per mask and dtype)."""
         if not kernels.on_device(data=p.data):
             return mask
         cached = self._device_masks.get(p)
-        if cached is None or cached[0] is not mask:
+        if cached is None or cached[0] is not mask or cached[1].dtype != p.data.dtype:
             cached = (mask, kernels.to_device(mask.astype(p.data.dtype)))
             self._device_masks[p] = cached
         return cached[1]
 
     def needs_host(self, hook, trainer):
-        # Re-applying masks runs on the weights' device; only pruning itself needs the host.
-        return False
+        # Re-applying masks (on_batch_end) and taking the trainer's optimizer run wherever the
+        # weights are; only pruning needs the host.  A subclass's own hooks: the default rule.
+        if hook in ("on_batch_end", "on_train_begin") and runs_own(self, MagnitudePruner, hook, "apply_masks"):
+            return False
+        return super().needs_host(hook, trainer)
 
     # callback protocol
     def on_train_begin(self, trainer):
@@ -326,7 +333,9 @@ class GradualMagnitudePruner(MagnitudePruner):
 
     def needs_host(self, hook, trainer):
         # On the GPU only the pruning steps bring the model to the host.
-        return hook == "on_batch_end" and _pruning_step(self, self.step_count)
+        if hook == "on_batch_end" and runs_own(self, GradualMagnitudePruner, hook, "step", "apply_masks"):
+            return _pruning_step(self, self.step_count)
+        return super().needs_host(hook, trainer)
 
     def step(self):
         """Advance one optimizer step: prune when the schedule says so, then re-apply masks."""
@@ -479,8 +488,14 @@ class GradualStructuredPruner(Callback):
         self.step()
 
     def needs_host(self, hook, trainer):
-        # On the GPU only the pruning steps bring the model to the host.
-        return hook == "on_batch_end" and _pruning_step(self, self.step_count)
+        # On the GPU only the pruning steps bring the model to the host; taking the trainer's
+        # optimizer needs no weights.  A subclass's own hooks: the default rule.
+        own = runs_own(self, GradualStructuredPruner, hook, "step")
+        if hook == "on_batch_end" and own:
+            return _pruning_step(self, self.step_count)
+        if hook == "on_train_begin" and own:
+            return False
+        return super().needs_host(hook, trainer)
 
 
 def _pruning_step(schedule, t):

@@ -15,7 +15,7 @@ import numpy as np
 from .. import kernels
 from ..train import Callback
 from ._topology import (check_fraction, check_nonneg, check_model, csr_rows, lr_of,
-                        resolve_layers)
+                        resolve_layers, runs_own)
 
 __all__ = ["soft_threshold", "group_soft_threshold", "L1Prox", "GroupLassoProx", "HardThreshold"]
 
@@ -37,14 +37,20 @@ def soft_threshold(w, t, out=None):
     array([-1. ,  0. ,  0.5])
     """
     t = check_nonneg(t, "threshold t")
-    on_device = kernels.on_device(w=w)
-    if out is None:
-        out = kernels.copy(w if on_device else np.asarray(w))
-    elif out is not w:
-        if on_device:
+    if kernels.on_device(w=w):
+        if out is not None and out is not w:
             raise ValueError("on the device, soft_threshold's out must be None or w itself")
-        np.copyto(out, w)
-    return kernels.soft_threshold_(out, t)
+        return kernels.soft_threshold_(kernels.copy(w) if out is None else w, t)
+    return _into(kernels.soft_threshold_(np.array(w, copy=True), t), w, out)
+
+
+def _into(result, w, out):
+    """Host results of the proximal maps: computed in ``w``'s dtype, then written to ``out``
+    (which may be ``w`` itself) when one is given; a scalar for a 0-d ``w``, as NumPy returns."""
+    if out is None:
+        return result[()] if result.ndim == 0 else result
+    np.copyto(out, result)
+    return out
 
 
 def group_soft_threshold(w, groups, n_groups, t, *, out=None):
@@ -74,12 +80,7 @@ def group_soft_threshold(w, groups, n_groups, t, *, out=None):
     array([2.151, 2.869, 0.   , 0.   ])
     """
     t = check_nonneg(t, "threshold t")
-    w = np.asarray(w)
-    if out is None:
-        out = w.copy()
-    elif out is not w:
-        np.copyto(out, w)
-    return kernels.group_scale_(out, groups, n_groups, t)
+    return _into(kernels.group_scale_(np.array(w, copy=True), groups, n_groups, t), w, out)
 
 
 class _Prox(Callback):
@@ -106,6 +107,16 @@ class _Prox(Callback):
         if self.optimizer is None:
             self.optimizer = trainer.optimizer
         self.step()
+
+    def _steps_on_device(self):
+        """Whether :meth:`step` works on the weights' device (then training on the GPU needs
+        no host round trip per batch)."""
+        return False
+
+    def needs_host(self, hook, trainer):
+        if hook == "on_batch_end" and runs_own(self, _Prox, "on_batch_end") and self._steps_on_device():
+            return False
+        return super().needs_host(hook, trainer)
 
 
 class L1Prox(_Prox):
@@ -139,11 +150,12 @@ class L1Prox(_Prox):
     0
     """
 
-    host_only = False  # soft thresholding runs on the weights' device: no host round trip per batch
-
     def __init__(self, model, lam, *, optimizer=None, layers=None, lr=None):
         super().__init__(model, optimizer, layers, lr)
         self.lam = check_nonneg(lam, "lam", " (the L1 penalty weight)")
+
+    def _steps_on_device(self):
+        return runs_own(self, L1Prox, "step")
 
     def step(self):
         """Apply ``w <- soft_threshold(w, lr * lam)`` in place to every weight."""
@@ -202,9 +214,9 @@ class GroupLassoProx(_Prox):
             return np.repeat(np.arange(n_out), fan_in), n_out
         return np.tile(np.arange(fan_in) // taps, n_out), fan_in // taps
 
-    def needs_host(self, hook, trainer):
+    def _steps_on_device(self):
         # Output groups are contiguous runs of the weight's values: thresholded on its device.
-        return self.group != "output" and super().needs_host(hook, trainer)
+        return self.group == "output" and runs_own(self, GroupLassoProx, "step", "_unit_bounds")
 
     def step(self):
         """Apply the block soft threshold in place to every weight."""
@@ -268,9 +280,9 @@ class HardThreshold(_Prox):
         self.threshold = None if threshold is None else check_nonneg(threshold, "threshold")
         self.sparsity = None if sparsity is None else check_fraction(sparsity, "sparsity")
 
-    def needs_host(self, hook, trainer):
+    def _steps_on_device(self):
         # A fixed threshold runs on the weights' device; keeping a top fraction sorts on the host.
-        return self.sparsity is not None and super().needs_host(hook, trainer)
+        return self.threshold is not None and runs_own(self, HardThreshold, "step")
 
     def step(self):
         for layer in self.layers:

@@ -217,7 +217,7 @@ def test_group_soft_threshold_over_runs_matches_the_host(rng, dtype):
 
     # groups of 0, 1, 3, 20 and 2 entries (20 > the shrunk block: several strides per thread);
     # one zero group, one NaN entry (its group: NaN stays, the rest zero), one group shrunk to 0
-    indptr = np.array([0, 0, 1, 4, 24, 26])
+    indptr = np.array([0, 0, 1, 4, 24, 26], dtype=np.int32)  # a CSR row pointer's dtype
     x = rng.standard_normal(26).astype(dtype)
     x[1:4] = 0.0
     x[24:26] = [np.nan, 1.0]
@@ -234,6 +234,22 @@ def test_group_soft_threshold_over_runs_matches_the_host(rng, dtype):
                                K.group_soft_threshold_(w.copy(), bounds, t), **_tol(dtype))
     with pytest.raises(ValueError, match="C-contiguous"):
         K.group_soft_threshold_(_dev(np.asfortranarray(w[:, :, 0])), _dev(np.arange(4) * 2), t)
+    tiny = np.full(4, 1e-30, dtype)  # t = 0 leaves a group alone even where its squares underflow
+    np.testing.assert_array_equal(_host(K.group_soft_threshold_(_dev(tiny), _dev(np.array([0, 4])), 0.0)), tiny)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_hard_threshold_and_mul_in_place_match_the_host(rng, dtype):
+    x = rng.standard_normal((4, 5)).astype(dtype)
+    x[0, :3] = [np.nan, np.inf, 0.0]
+    xd = _dev(x)
+    assert K.hard_threshold_(xd, 0.5) is xd
+    np.testing.assert_array_equal(_host(xd), K.hard_threshold_(x.copy(), 0.5))
+    mask = (rng.random((4, 5)) < 0.5).astype(dtype)
+    fd = _dev(np.asfortranarray(x))  # an F-ordered destination, a C-ordered mask
+    assert K.mul_(fd, _dev(mask)) is fd
+    np.testing.assert_array_equal(_host(fd), x * mask)
+    assert K.mul_(_dev(np.zeros((0, 3), dtype)), _dev(np.zeros((0, 3), dtype))).size == 0
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -334,6 +334,19 @@ def test_pruners_use_the_host_only_on_pruning_steps(rng, monkeypatch, make_cb, t
     assert len(trips) == trips_expected  # all of them from the device run
 
 
+def test_pruning_refuses_device_weights_and_drops_masks_of_converted_layers(rng):
+    model = _dense_model().to("cuda")
+    with pytest.raises(NotImplementedError, match="pruning"):
+        sparsity.MagnitudePruner(model).prune(0.5)
+    x, y = _problem(rng, 32)
+    model = _dense_model()
+    gmp = sparsity.GradualMagnitudePruner(model, 0.8, begin_step=1, end_step=5, frequency=2)  # ends as CSR
+    train.fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x, y), epochs=2,
+              batch_size=8, progress=False, rng=0, device="cuda", callbacks=[gmp])
+    assert model[0].weight.is_sparse and gmp.masks == {}
+    assert set(gmp._device_masks) <= set(gmp.masks)  # no device copy kept for a converted layer
+
+
 def test_host_round_trip_keeps_an_unchanged_device_pattern():
     p = _sparse_model()[0].weight.to("cuda")
     indices = p.csr.indices

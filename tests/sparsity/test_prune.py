@@ -194,3 +194,30 @@ def test_gradual_structured_pruning_in_fit(rng):
     assert model(x).shape == (64, 3)
     with pytest.raises(ValueError):
         GradualStructuredPruner(model, 1.0, end_step=5)
+
+
+def test_gpu_round_trips_only_where_the_pruners_need_the_host():
+    """What each pruner tells the trainer (needs_host): per-step mask work stays on the weights'
+    device, pruning steps go to the host, and hooks a subclass adds keep the default (host)."""
+    from sparsenet.sparsity import GradualStructuredPruner
+
+    model = nn.Sequential(nn.Linear(6, 5, rng=0), nn.ReLU(), nn.Linear(5, 2, rng=1))
+    assert not MagnitudePruner(model).needs_host("on_batch_end", None)
+    gmp = GradualMagnitudePruner(model, 0.5, begin_step=1, end_step=5, frequency=2)
+    assert [gmp.needs_host("on_batch_end", None) for gmp.step_count in range(7)] == [
+        False, True, False, True, False, True, False]
+    assert not gmp.needs_host("on_train_begin", None)
+    structured = GradualStructuredPruner(model, 0.5, begin_step=0, end_step=4, frequency=4)
+    assert structured.needs_host("on_batch_end", None) and not structured.needs_host("on_train_begin", None)
+
+    class EpochPruner(MagnitudePruner):
+        def on_epoch_end(self, trainer, epoch, logs):
+            self.prune(0.5)
+
+    class NumpyMasks(GradualMagnitudePruner):
+        def apply_masks(self):
+            super().apply_masks()
+
+    assert EpochPruner(model).needs_host("on_epoch_end", None)
+    # its own apply_masks may be NumPy: every step goes to the host, pruning or not
+    assert NumpyMasks(model, 0.5, begin_step=1, end_step=5).needs_host("on_batch_end", None)

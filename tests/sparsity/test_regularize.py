@@ -80,3 +80,26 @@ def test_bad_hyperparameters(make):
 def test_prox_needs_a_step_size():
     with pytest.raises(ValueError, match="lr"):
         L1Prox(nn.Linear(3, 2, rng=0), lam=0.1).step()
+
+
+def test_gpu_round_trips_only_where_the_regularisers_need_the_host():
+    model = nn.Sequential(nn.Linear(4, 3, rng=0))
+    assert not L1Prox(model, 0.1).needs_host("on_batch_end", None)
+    assert not GroupLassoProx(model, 0.1).needs_host("on_batch_end", None)
+    assert GroupLassoProx(model, 0.1, group="input").needs_host("on_batch_end", None)
+    assert not HardThreshold(model, 0.1).needs_host("on_batch_end", None)
+    assert HardThreshold(model, sparsity=0.5).needs_host("on_batch_end", None)
+
+    class MyL1(L1Prox):  # a NumPy step of the user's: the trainer must bring the model home
+        def step(self):
+            pass
+
+    assert MyL1(model, 0.1).needs_host("on_batch_end", None)
+
+
+def test_soft_threshold_out_of_another_dtype_computes_in_ws_dtype():
+    w = np.array([1.0001, -3.0, 0.5])
+    out = np.empty(3, np.float32)
+    assert soft_threshold(w, 1.0, out=out) is out
+    np.testing.assert_array_equal(out, np.float32(soft_threshold(w, 1.0)))
+    assert np.ndim(soft_threshold(np.float64(2.0), 1.0)) == 0
