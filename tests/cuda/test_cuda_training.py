@@ -310,6 +310,15 @@ def _trains_alike_on_both_devices(rng, make_model, make_cb, epochs):
         np.testing.assert_allclose(m_gpu.state_dict()[key], value, rtol=1e-10, atol=1e-12, err_msg=key)
 
 
+@pytest.fixture
+def host_trips(monkeypatch):
+    """A list that gets an entry each time the trainer brings a model to the host."""
+    trips = []
+    original = nn.Module._to_host_for_a_while
+    monkeypatch.setattr(nn.Module, "_to_host_for_a_while", lambda self: trips.append(1) or original(self))
+    return trips
+
+
 def _dense_model():
     return nn.Sequential(nn.Linear(6, 10, rng=0, dtype=F64), nn.ReLU(), nn.Linear(10, 3, rng=1, dtype=F64))
 
@@ -323,15 +332,12 @@ def _dense_model():
     (lambda m: sparsity.GroupLassoProx(m, 0.3, group="input"), 8),  # input groups: on the host
     (lambda m: sparsity.GradualStructuredPruner(m, 0.5, begin_step=2, end_step=6, frequency=4), 2),
 ], ids=["gmp-masks", "hard-threshold", "group-lasso-rows", "group-lasso-columns", "structured"])
-def test_pruners_use_the_host_only_on_pruning_steps(rng, monkeypatch, make_cb, trips_expected):
+def test_pruners_use_the_host_only_on_pruning_steps(rng, host_trips, make_cb, trips_expected):
     """Per-step work (re-applying masks, fixed-threshold zeroing) runs on the device; the
     trainer brings the model to the host only for the steps that prune, and the result is the
     CPU's."""
-    trips = []
-    original = nn.Module._to_host_for_a_while
-    monkeypatch.setattr(nn.Module, "_to_host_for_a_while", lambda self: trips.append(1) or original(self))
     _trains_alike_on_both_devices(rng, _dense_model, make_cb, epochs=2)
-    assert len(trips) == trips_expected  # all of them from the device run
+    assert len(host_trips) == trips_expected  # all of them from the device run
 
 
 def test_pruning_refuses_device_weights_and_drops_masks_of_converted_layers(rng):
@@ -364,26 +370,20 @@ def test_host_round_trip_keeps_an_unchanged_device_pattern():
     assert p.__dict__.get("_device_twin") is None
 
 
-def test_set_brings_the_model_to_the_host_only_on_topology_updates(rng, monkeypatch):
+def test_set_brings_the_model_to_the_host_only_on_topology_updates(rng, host_trips):
     x, y = _problem(rng, 32)
     model = _sparse_model()
-    trips = []
-    original = nn.Module._to_host_for_a_while
-    monkeypatch.setattr(nn.Module, "_to_host_for_a_while", lambda self: trips.append(1) or original(self))
     train.fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x, y), epochs=2, batch_size=8,
               progress=False, rng=0, device="cuda", callbacks=[sparsity.SET(model, zeta=0.3, rng=0)])
-    assert len(trips) == 2  # one per epoch end, none for the 8 batches
+    assert len(host_trips) == 2  # one per epoch end, none for the 8 batches
 
 
-def test_l1_prox_steps_on_the_device_without_host_round_trips(rng, monkeypatch):
+def test_l1_prox_steps_on_the_device_without_host_round_trips(rng, host_trips):
     x, y = _problem(rng, 32)
     model = _sparse_model()
-    trips = []
-    original = nn.Module._to_host_for_a_while
-    monkeypatch.setattr(nn.Module, "_to_host_for_a_while", lambda self: trips.append(1) or original(self))
     train.fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x, y), epochs=2,
               batch_size=8, progress=False, rng=0, device="cuda", callbacks=[sparsity.L1Prox(model, 0.5)])
-    assert trips == [] and model.device == "cuda"
+    assert host_trips == [] and model.device == "cuda"
     assert (_host(model[0].weight.data) == 0).any()  # the thresholding ran, on the device
 
 
