@@ -31,6 +31,7 @@ measured separately and reported in its own columns.  Nothing is estimated: a pe
 available (no torch CUDA) is reported as "n/a".
 """
 import argparse
+import collections
 import os
 import pathlib
 import statistics
@@ -103,12 +104,33 @@ def _time(fn, cuda, args, gpu_only=False):
     alone.  A trial whose enqueueing outlasted the sleep (something in the call synchronised)
     does not count; if none counts, ``gpu`` is None.
     """
+    clock = _Clock(cuda.event, cuda.event_elapsed_time, cuda.synchronize,
+                   lambda seconds: _numba_sleeper(cuda)(seconds), cuda.defer_cleanup)
+    return _timed(fn, clock, args, gpu_only)
+
+
+def _time_torch(fn, torch, args, gpu_only=False):
+    """:func:`_time` for torch ops (torch's events; ``torch.cuda._sleep`` spins, ~2 GHz clock)."""
+    import contextlib
+
+    clock = _Clock(lambda: torch.cuda.Event(enable_timing=True), lambda a, b: a.elapsed_time(b),
+                   torch.cuda.synchronize, lambda seconds: torch.cuda._sleep(int(seconds * 2.0e9)),
+                   contextlib.nullcontext)
+    return _timed(fn, clock, args, gpu_only)
+
+
+# A framework's CUDA events and helpers: make_event(), elapsed_ms(a, b), synchronize(),
+# sleep(seconds) on the GPU, defer() (a context that holds back frees that would synchronise).
+_Clock = collections.namedtuple("_Clock", "make_event elapsed_ms synchronize sleep defer")
+
+
+def _timed(fn, clock, args, gpu_only):
     for _ in range(args.warmup):
         fn()
-    cuda.synchronize()
+    clock.synchronize()
     runs, gpu_runs = [], []
     for _ in range(args.trials):
-        start, stop = cuda.event(), cuda.event()
+        start, stop = clock.make_event(), clock.make_event()
         t0 = time.perf_counter()
         start.record()
         for _ in range(args.repeat):
@@ -116,31 +138,30 @@ def _time(fn, cuda, args, gpu_only=False):
         stop.record()
         host = time.perf_counter() - t0
         stop.synchronize()
-        runs.append(cuda.event_elapsed_time(start, stop) / 1e3 / args.repeat)
+        runs.append(clock.elapsed_ms(start, stop) / 1e3 / args.repeat)
         if gpu_only:
-            gpu_runs += _queued(fn, args, host, _numba_sleeper(cuda), cuda.event, cuda.event_elapsed_time,
-                                cuda.defer_cleanup)
+            gpu_runs += _queued(fn, args, host, clock)
     tput = statistics.median(runs)
     if not gpu_only:
         return tput
     return tput, (statistics.median(gpu_runs) if gpu_runs else None)
 
 
-def _queued(fn, args, host, sleep, make_event, elapsed_ms, defer):
-    """One trial of ``repeat`` calls queued behind ``sleep(seconds)``; [] if the queue ran dry."""
-    e0, start, stop = make_event(), make_event(), make_event()
+def _queued(fn, args, host, clock):
+    """One trial of ``repeat`` calls queued behind a GPU sleep; [] if the queue ran dry."""
+    e0, start, stop = clock.make_event(), clock.make_event(), clock.make_event()
     t0 = time.perf_counter()
     e0.record()
-    sleep(3 * host + 0.005)
+    clock.sleep(3 * host + 0.005)
     start.record()
-    with defer():  # numba frees device memory in batches, and cudaFree synchronises
+    with clock.defer():  # numba frees device memory in batches, and cudaFree synchronises
         for _ in range(args.repeat):
             fn()
     stop.record()
     enqueued = time.perf_counter() - t0
     stop.synchronize()
-    slept = elapsed_ms(e0, start) / 1e3
-    return [elapsed_ms(start, stop) / 1e3 / args.repeat] if enqueued < slept else []
+    slept = clock.elapsed_ms(e0, start) / 1e3
+    return [clock.elapsed_ms(start, stop) / 1e3 / args.repeat] if enqueued < slept else []
 
 
 _SLEEPER = []
@@ -156,37 +177,6 @@ def _numba_sleeper(cuda):
 
         _SLEEPER.append(lambda seconds: sleep_ms[1, 1](int(seconds * 1e3) + 1))
     return _SLEEPER[0]
-
-
-def _time_torch(fn, torch, args, gpu_only=False):
-    """:func:`_time` for torch ops (torch's events; ``torch.cuda._sleep`` spins, ~2 GHz clock)."""
-    import contextlib
-
-    for _ in range(args.warmup):
-        fn()
-    torch.cuda.synchronize()
-    runs, gpu_runs = [], []
-
-    def make_event():
-        return torch.cuda.Event(enable_timing=True)
-
-    for _ in range(args.trials):
-        start, stop = make_event(), make_event()
-        t0 = time.perf_counter()
-        start.record()
-        for _ in range(args.repeat):
-            fn()
-        stop.record()
-        host = time.perf_counter() - t0
-        stop.synchronize()
-        runs.append(start.elapsed_time(stop) / 1e3 / args.repeat)
-        if gpu_only:
-            gpu_runs += _queued(fn, args, host, lambda s: torch.cuda._sleep(int(s * 2.0e9)), make_event,
-                                lambda a, b: a.elapsed_time(b), contextlib.nullcontext)
-    tput = statistics.median(runs)
-    if not gpu_only:
-        return tput
-    return tput, (statistics.median(gpu_runs) if gpu_runs else None)
 
 
 def bench_shape(shape, args, rng):

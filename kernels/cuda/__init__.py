@@ -766,36 +766,42 @@ def mul_(dst, src):
     return _binary_(_ops().mul_inplace, "mul_", dst, src)
 
 
-def _threshold_(kernel, name, x, t):
+def _in_place(x, name, c_order=False):
+    """1-D view of device array ``x`` for an in-place element kernel (memory order, or C order
+    when the elements' positions matter), None when empty; ValueError when only a copy could
+    be updated."""
     x = as_device_array(x, "x")
     if x.size == 0:
-        return x
-    if _order(x) is None:
-        raise ValueError(f"{name} works in place and needs a contiguous x; got strides {x.strides}")
-    kernel[_grid(x.size)](_flat_view(x), float(t))
-    return x
+        return None
+    order = _order(x)
+    if order is None or (c_order and order != "C"):
+        raise ValueError(f"{name} works in place on a {'C-' if c_order else ''}contiguous x; "
+                         f"got strides {x.strides}")
+    return _flat_view(x)
 
 
 def soft_threshold_(x, t):
     """x <- sign(x) * max(|x| - t, 0) in place (contiguous ``x``); returns x."""
-    return _threshold_(_ops().soft_threshold_inplace, "soft_threshold_", x, t)
+    flat = _in_place(x, "soft_threshold_")
+    if flat is not None:
+        _ops().soft_threshold_inplace[_grid(flat.size)](flat, float(t))
+    return x
 
 
 def hard_threshold_(x, t):
     """x <- 0 where |x| < t, in place (contiguous ``x``); returns x."""
-    return _threshold_(_ops().hard_threshold_inplace, "hard_threshold_", x, t)
+    flat = _in_place(x, "hard_threshold_")
+    if flat is not None:
+        _ops().hard_threshold_inplace[_grid(flat.size)](flat, float(t))
+    return x
 
 
 def group_soft_threshold_(x, indptr, t):
     """Group soft threshold in place over the runs ``x.ravel()[indptr[g]:indptr[g+1]]`` of a
-    C-contiguous device array; returns x."""
-    x, indptr = as_device_array(x, "x"), as_device_array(indptr, "indptr")
-    if x.size == 0 or indptr.shape[0] < 2:
-        return x
-    if _order(x) != "C":  # groups are runs of the values in C order (a weight's output units)
-        raise ValueError(f"group_soft_threshold_ works in place on a C-contiguous x; got strides {x.strides}")
-    _ops().group_soft_threshold_segments[(indptr.shape[0] - 1,), (_ops().RED_THREADS,)](
-        _flat_view(x), indptr, float(t))
+    C-contiguous device array (groups are runs in C order: a weight's output units); returns x."""
+    flat, indptr = _in_place(x, "group_soft_threshold_", c_order=True), as_device_array(indptr, "indptr")
+    if flat is not None and indptr.shape[0] > 1:
+        _ops().group_soft_threshold_segments[(indptr.shape[0] - 1,), (_ops().RED_THREADS,)](flat, indptr, float(t))
     return x
 
 
