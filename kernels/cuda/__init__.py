@@ -473,12 +473,15 @@ def conv2d_grad_bias(g):
     return out
 
 
+def _capped_launch(kernel, total, threads, max_blocks, *args):
+    """Launch a grid-stride kernel over ``total`` items on at most ``max_blocks`` blocks."""
+    if total:
+        kernel[min(math.ceil(total / threads), max_blocks), threads](*args)
+
+
 def _pool_launch(kernel, total, *args):
     pool = _pool()
-    if total == 0:
-        return
-    blocks = min(math.ceil(total / pool.POOL_THREADS), pool.POOL_MAX_BLOCKS)
-    kernel[blocks, pool.POOL_THREADS](*args)
+    _capped_launch(kernel, total, pool.POOL_THREADS, pool.POOL_MAX_BLOCKS, *args)
 
 
 def _pool_shape(x_shape, kernel, stride, padding):
@@ -571,10 +574,7 @@ def sparse_conv2d_backward(g, x, indptr, indices, data, kernel, stride, padding,
 
 def _local_launch(kernel, total, *args):
     conv = _conv()
-    if total == 0:
-        return
-    blocks = min(math.ceil(total / conv.LOCAL_THREADS), conv.LOCAL_MAX_BLOCKS)
-    kernel[blocks, conv.LOCAL_THREADS](*args)
+    _capped_launch(kernel, total, conv.LOCAL_THREADS, conv.LOCAL_MAX_BLOCKS, *args)
 
 
 def local2d(x, weight, bias, kernel, stride, padding):
