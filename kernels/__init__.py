@@ -730,24 +730,71 @@ def soft_threshold_(x, t):
     return np.multiply(np.sign(x), np.maximum(np.abs(x) - x.dtype.type(t), 0), out=x)
 
 
-def group_soft_threshold_(x, indptr, t):
-    """Group soft threshold in place over the runs ``x.ravel()[indptr[g]:indptr[g+1]]`` of a
-    C-contiguous ``x``: ``x_g *= max(0, 1 - t * sqrt(n_g) / ||x_g||)`` (0 for a zero group);
-    returns x.  ``indptr`` non-decreasing within [0, x.size] (checked on the host only: on the
-    device it comes from a CSR row pointer or the trainer's own bounds)."""
-    if _on_cuda(x=x, indptr=indptr):
-        return _gpu().group_soft_threshold_(x, indptr, t)
+def group_soft_threshold_(x, indptr, t, *, perm=None):
+    """Group soft threshold in place: ``x_g *= max(0, 1 - t * sqrt(n_g) / ||x_g||)`` (0 for a
+    zero group) over the groups ``x.ravel()[src(k)]``, k in [indptr[g], indptr[g+1]), of a
+    C-contiguous ``x``; ``src`` is ``perm`` when given (a weight's columns through its transpose
+    permutation) and the identity otherwise (runs: a weight's output units).  Returns x.
+    ``indptr`` non-decreasing within [0, len(perm) or x.size], perm within [0, x.size) (checked
+    on the host only: on the device they come from a CSR pattern or the trainer's own layouts)."""
+    if _on_cuda(x=x, indptr=indptr, **({} if perm is None else {"perm": perm})):
+        return _gpu().group_soft_threshold_(x, indptr, t, perm=perm)
     if not x.flags.c_contiguous:
         raise ValueError("group_soft_threshold_ works in place on a C-contiguous x")
     indptr = np.asarray(indptr, dtype=np.int64)
     if indptr.size < 2:
         return x
     sizes = np.diff(indptr)
-    if indptr[0] < 0 or indptr[-1] > x.size or (sizes < 0).any():
-        raise ValueError(f"indptr must be non-decreasing within [0, {x.size}]")
-    runs = x.reshape(-1)[indptr[0]:indptr[-1]]  # the groups tile this span
-    group_scale_(runs, np.repeat(np.arange(sizes.size), sizes), sizes.size, t)
+    limit = x.size if perm is None else len(perm)
+    if indptr[0] < 0 or indptr[-1] > limit or (sizes < 0).any():
+        raise ValueError(f"indptr must be non-decreasing within [0, {limit}]")
+    ids = np.repeat(np.arange(sizes.size), sizes)
+    flat = x.reshape(-1)
+    if perm is None:
+        group_scale_(flat[indptr[0]:indptr[-1]], ids, sizes.size, t)  # the groups tile this span
+        return x
+    src = np.asarray(perm, dtype=np.int64)[indptr[0]:indptr[-1]]
+    if src.size and (src.min() < 0 or src.max() >= x.size):
+        raise ValueError(f"perm must index x's {x.size} entries")
+    flat[src] = group_scale_(flat[src], ids, sizes.size, t)
     return x
+
+
+def _check_taps(n, taps, what):
+    if taps < 1 or n % taps:
+        raise ValueError(f"taps must be a positive divisor of {what}={n}; got {taps}")
+
+
+def column_groups(n_col, indptr, indices, taps=1):
+    """(bounds, perm): a CSR weight's stored entries grouped by blocks of ``taps`` columns (an
+    input feature; a conv input channel's taps), group g being ``data[perm[bounds[g]:bounds[g+1]]]``.
+    On the pattern's device; there derived once per pattern (``kernels.cuda.column_groups``)."""
+    if _on_cuda(indptr=indptr, indices=indices):
+        return _gpu().column_groups(n_col, indptr, indices, taps)
+    _check_taps(n_col, taps, "n_col")
+    indptr_t, _, perm = csr_transpose(n_col, indptr, indices)
+    return indptr_t[::taps].copy(), perm
+
+
+def dense_groups(x, taps=1, *, by_input):
+    """(bounds, perm or None) grouping a C-contiguous weight ``x`` (n_out, ...) seen as an
+    (n_out, fan_in) matrix: its output units (runs of fan_in entries, no permutation) or,
+    ``by_input``, blocks of ``taps`` columns gathered through ``perm``.  On x's device."""
+    if _device.is_device_array(x):
+        return _gpu().dense_groups(x, taps, by_input=by_input)
+    return dense_group_layout(x.shape, taps, by_input)
+
+
+def dense_group_layout(shape, taps, by_input):
+    """Host int64 arrays of :func:`dense_groups` for a weight of ``shape``."""
+    n_out = shape[0] if len(shape) else 1
+    fan_in = int(np.prod(shape[1:], dtype=np.int64))
+    _check_taps(fan_in, taps, "fan_in")
+    if not by_input:
+        return np.arange(n_out + 1, dtype=np.int64) * fan_in, None
+    n_groups = fan_in // taps
+    perm = np.arange(n_out * fan_in, dtype=np.int64).reshape(n_out, n_groups, taps).transpose(1, 0, 2)
+    return np.arange(n_groups + 1, dtype=np.int64) * (n_out * taps), perm.ravel()
 
 
 def group_scale_(x, groups, n_groups, t):
@@ -766,6 +813,46 @@ def hard_threshold_(x, t):
     if _device.is_device_array(x):
         return _gpu().hard_threshold_(x, t)
     x[np.abs(x) < t] = 0
+    return x
+
+
+def magnitude_keys(dtype):
+    """(integer dtype, mask, nan_key) ordering floats of ``dtype`` by magnitude through their bits.
+
+    ``min(bits & mask, nan_key)`` of a float's bits (viewed as the integer dtype) is ordered
+    exactly like its absolute value; every NaN maps to ``nan_key``, one above +inf: the largest
+    magnitude, all NaNs alike.
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"magnitude selection needs float32 or float64 values; got {dtype}")
+    ints = np.dtype(np.int32 if dtype == np.float32 else np.int64)
+    inf_bits = int(np.array(np.inf, dtype).view(ints))
+    return ints, (1 << (8 * dtype.itemsize - 1)) - 1, inf_bits + 1
+
+
+def zero_smallest_(x, n):
+    """Zero the ``n`` entries of smallest magnitude of a contiguous ``x`` in place; returns x.
+
+    NaN counts as the largest magnitude; among equal magnitudes the entries first in memory
+    order are zeroed first, so exactly ``min(n, x.size)`` entries are selected and the result
+    is the same on every device.  O(x.size) (a partition on the host, a radix select on the
+    device).
+    """
+    if _device.is_device_array(x):
+        return _gpu().zero_smallest_(x, n)
+    if not (x.flags.c_contiguous or x.flags.f_contiguous):
+        raise ValueError(f"zero_smallest_ works in place on a contiguous x; got strides {x.strides}")
+    ints, mask, nan_key = magnitude_keys(x.dtype)
+    flat = x.ravel(order="K")  # a view, in memory order
+    n = min(int(n), flat.size)
+    if n <= 0:
+        return x
+    keys = np.minimum(flat.view(ints) & mask, nan_key)
+    kth = np.partition(keys, n - 1)[n - 1]
+    below = keys < kth
+    flat[below] = 0
+    flat[np.flatnonzero(keys == kth)[:n - np.count_nonzero(below)]] = 0
     return x
 
 

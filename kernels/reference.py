@@ -231,3 +231,22 @@ def csr_lookup(indptr, indices, rows, cols):
         for k in range(indptr[i], indptr[i + 1]):
             where[i, int(indices[k])] = k
     return np.array([where.get((int(r), int(c)), -1) for r, c in zip(rows, cols)], dtype=np.int64)
+
+
+def zero_smallest(x, n):
+    """A copy of x with its n smallest-magnitude entries zeroed: a stable sort of |x| (NaN
+    last, so the largest; ties in memory order) picks them."""
+    out = np.array(x, copy=True, order="K")
+    flat = out.ravel(order="K")  # a view of the contiguous copy, in memory order
+    flat[np.argsort(np.abs(flat), kind="stable")[:max(int(n), 0)]] = 0
+    return out
+
+
+def group_soft_threshold(x, groups, t):
+    """``x_g * max(0, 1 - t sqrt(n_g) / ||x_g||)`` per group, ``groups`` a list of index arrays
+    into x.ravel() (a Python loop over the groups, float64)."""
+    out = np.array(x, dtype=np.float64).ravel()
+    for idx in groups:
+        norm = np.sqrt(np.sum(out[idx] ** 2))
+        out[idx] *= max(0.0, 1.0 - t * np.sqrt(len(idx)) / norm) if norm > 0 else 0.0
+    return out.reshape(np.shape(x))

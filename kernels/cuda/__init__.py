@@ -33,7 +33,7 @@ import numpy as np
 
 __all__ = [
     "to_device", "to_host", "as_device_array", "feature_major", "empty", "zeros",
-    "spmm", "spmm_t", "sddmm", "transpose_pattern",
+    "spmm", "spmm_t", "sddmm", "transpose_pattern", "column_groups", "dense_groups",
     "sgd_update", "adam_update", "empty_cache", "memory_stats",
 ]
 
@@ -242,17 +242,27 @@ def spmm(indptr, indices, data, x):
     return _transposed_view(out_t)
 
 
-# Transposed patterns, cached per device ``indices`` array object (the pattern is immutable):
-# id(indices) -> (weakref to indices, n_col, weakref to indptr, result).  Keyed by identity,
-# not by hash (device arrays may define elementwise ``__eq__``); an entry leaves with its array.
-_T_CACHE = {}
+# Layouts derived from an immutable device array (a pattern, a weight's shape), cached per array
+# object for as long as it lives: (id(array), what) -> (weakref to array, value).  Keyed by
+# identity, not by hash (device arrays may define elementwise ``__eq__``); an entry leaves with
+# its array, so a context reset, which kills the arrays, cannot leave stale device memory here.
+_DERIVED = {}
 
 
-def _cached_pattern(n_col, indptr, indices):
-    hit = _T_CACHE.get(id(indices))
-    if hit is not None and hit[0]() is indices and hit[1] == n_col and hit[2]() is indptr:
-        return hit[3]
+def _recall(array, what):
+    hit = _DERIVED.get((id(array), what))
+    if hit is not None and hit[0]() is array:
+        return hit[1]
     return None
+
+
+def _remember(array, what, value):
+    key = (id(array), what)
+    try:
+        _DERIVED[key] = (weakref.ref(array, lambda _, key=key: _DERIVED.pop(key, None)), value)
+    except TypeError:  # not weak-referenceable: not cached
+        pass
+    return value
 
 
 def transpose_pattern(n_col, indptr, indices):
@@ -264,22 +274,47 @@ def transpose_pattern(n_col, indptr, indices):
     cache: pass the result to ``spmm_t(..., pattern_t=...)`` and keep it yourself.
     """
     indptr, indices = _pattern(indptr, indices)
-    result = _cached_pattern(n_col, indptr, indices)
-    if result is not None:
-        return result
+    hit = _recall(indices, ("transpose", n_col))
+    if hit is not None and hit[0]() is indptr:
+        return hit[1]
     from .. import csr_transpose  # noqa: PLC0415  (the host kernel: a one-off per pattern)
 
     indptr_t, indices_t, perm = csr_transpose(n_col, indptr.copy_to_host(), indices.copy_to_host())
     cuda = _cuda()
     result = (cuda.to_device(indptr_t), cuda.to_device(indices_t), cuda.to_device(perm))
-    key = id(indices)
     try:
-        entry = (weakref.ref(indices, lambda _, key=key: _T_CACHE.pop(key, None)), n_col,
-                 weakref.ref(indptr), result)
-    except TypeError:  # not weak-referenceable: no caching
-        return result
-    _T_CACHE[key] = entry
+        _remember(indices, ("transpose", n_col), (weakref.ref(indptr), result))
+    except TypeError:  # indptr not weak-referenceable: not cached
+        pass
     return result
+
+
+def column_groups(n_col, indptr, indices, taps=1):
+    """Device ``kernels.column_groups``: from the cached transposed pattern; the bounds of blocks
+    wider than one column are derived once per pattern."""
+    from .. import _check_taps  # noqa: PLC0415
+
+    _check_taps(n_col, taps, "n_col")
+    indptr_t, _, perm = transpose_pattern(n_col, indptr, indices)
+    if taps == 1:
+        return indptr_t, perm
+    bounds = _recall(indptr_t, ("columns", taps))
+    if bounds is None:
+        bounds = _remember(indptr_t, ("columns", taps), _cuda().to_device(indptr_t.copy_to_host()[::taps].copy()))
+    return bounds, perm
+
+
+def dense_groups(x, taps=1, *, by_input):
+    """Device ``kernels.dense_groups``: the host layout uploaded once per weight array."""
+    from .. import dense_group_layout  # noqa: PLC0415
+
+    x = as_device_array(x, "x")
+    what = ("dense", by_input, taps)
+    hit = _recall(x, what)
+    if hit is None:
+        bounds, perm = dense_group_layout(x.shape, taps, by_input)
+        hit = _remember(x, what, (to_device(bounds), None if perm is None else to_device(perm)))
+    return hit
 
 
 def spmm_t(indptr, indices, data, n_col, g, *, pattern_t=None):
@@ -796,12 +831,57 @@ def hard_threshold_(x, t):
     return x
 
 
-def group_soft_threshold_(x, indptr, t):
-    """Group soft threshold in place over the runs ``x.ravel()[indptr[g]:indptr[g+1]]`` of a
-    C-contiguous device array (groups are runs in C order: a weight's output units); returns x."""
+def group_soft_threshold_(x, indptr, t, *, perm=None):
+    """Group soft threshold in place over the groups ``x.ravel()[src(k)]``, k in
+    [indptr[g], indptr[g+1]), of a C-contiguous device array, ``src`` being ``perm`` when given
+    (see :func:`column_groups`) and the identity otherwise (runs in C order: a weight's output
+    units); returns x."""
     flat, indptr = _in_place(x, "group_soft_threshold_", c_order=True), as_device_array(indptr, "indptr")
+    gather = perm is not None
+    perm = as_device_array(perm, "perm") if gather else indptr  # not read without gather
+    if gather and perm.dtype != indptr.dtype:
+        raise TypeError(f"perm and indptr must share an integer dtype; got {perm.dtype} and {indptr.dtype}")
     if flat is not None and indptr.shape[0] > 1:
-        _ops().group_soft_threshold_segments[(indptr.shape[0] - 1,), (_ops().RED_THREADS,)](flat, indptr, float(t))
+        _ops().group_soft_threshold_segments[(indptr.shape[0] - 1,), (_ops().RED_THREADS,)](flat, indptr, perm,
+                                                                                          gather, float(t))
+    return x
+
+
+def _select():
+    from . import select  # noqa: PLC0415
+
+    return select
+
+
+def zero_smallest_(x, n):
+    """Zero the ``n`` entries of smallest magnitude of a contiguous device array in place (ties
+    in memory order, NaN largest: see ``kernels/cuda/select.py``); returns x.  No host reads."""
+    from .. import magnitude_keys  # noqa: PLC0415
+
+    ints, mask, nan_key = magnitude_keys(as_device_array(x, "x").dtype)
+    flat = _in_place(x, "zero_smallest_")
+    n = int(n)
+    if flat is None or n <= 0:
+        return x
+    if n >= flat.size:
+        _fill(flat, 0.0)
+        return x
+    sel = _select()
+    keys = flat.view(ints)
+    n_blocks = min(math.ceil(flat.size / (sel.SELECT_THREADS * sel.SELECT_ITEMS)), sel.SELECT_MAX_BLOCKS)
+    chunk = math.ceil(flat.size / n_blocks)
+    hist = empty((n_blocks, sel.RADIX), np.int32)
+    state = empty((2,), np.int64)
+    value_bits = 8 * flat.dtype.itemsize - 1  # the sign bit is cleared
+    top = (value_bits - 1) // sel.RADIX_BITS * sel.RADIX_BITS
+    for shift in range(top, -1, -sel.RADIX_BITS):
+        hi = shift + sel.RADIX_BITS
+        hi_mask = (mask >> hi) << hi  # the digits already chosen (0 on the first pass)
+        first = shift == top
+        sel.radix_histogram[n_blocks, sel.SELECT_THREADS](keys, mask, nan_key, chunk, first, hi_mask, shift,
+                                                          state, hist)
+        sel.radix_pick[1, sel.SELECT_THREADS](hist, shift, first, n, state)
+    sel.zero_selected[n_blocks, sel.SELECT_THREADS](keys, mask, nan_key, chunk, state, hist)
     return x
 
 
@@ -991,7 +1071,7 @@ def accumulate_metrics(acc, loss, batch, logits=None, target=None):
 
 __all__ += [
     "contiguous", "copy", "activation", "activation_backward", "scaled_mul", "add_", "mul_", "soft_threshold_",
-    "hard_threshold_", "group_soft_threshold_", "bias_add_",
+    "hard_threshold_", "group_soft_threshold_", "zero_smallest_", "bias_add_",
     "batch_sum", "matmul", "transpose", "cross_entropy", "cross_entropy_backward", "mse_loss",
     "mse_loss_backward", "metrics_accumulator", "accumulate_metrics", "channel_moments",
     "batch_norm_running_", "batch_norm_apply", "batch_norm_backward", "softmax_rows", "softmax_rows_backward",

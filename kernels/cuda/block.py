@@ -30,6 +30,32 @@ def block_sum(red, tid):
 
 
 @cuda.jit(device=True, inline="always")
+def block_scan(buf, tid):
+    """(inclusive prefix sum of ``buf`` up to thread ``tid``, total over the block).
+
+    ``buf`` is a shared integer array with one slot per thread (any length equal to the block
+    size), holding each thread's value; a Hillis-Steele scan (log2 steps, fixed order).  Every
+    thread of the block must call it, since it holds barriers; ``buf`` may be written again as
+    soon as it returns.
+    """
+    n = buf.shape[0]
+    offset = 1
+    cuda.syncthreads()
+    while offset < n:
+        v = 0
+        if tid >= offset:
+            v = buf[tid - offset]
+        cuda.syncthreads()
+        buf[tid] += v
+        cuda.syncthreads()
+        offset *= 2
+    upto = buf[tid]
+    total = buf[n - 1]
+    cuda.syncthreads()  # every thread has read its results before buf is reused
+    return upto, total
+
+
+@cuda.jit(device=True, inline="always")
 def unravel4(idx, n1, n2, n3):
     """(i, j, k, l) of flat C-order index ``idx`` into a (n0, n1, n2, n3) array."""
     l = idx % n3

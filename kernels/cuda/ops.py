@@ -114,10 +114,12 @@ def hard_threshold_inplace(x, t):
 
 
 @cuda.jit
-def group_soft_threshold_segments(x, indptr, t):
-    """Group soft threshold in place, group g = x[indptr[g]:indptr[g+1]] (a CSR row, a dense
-    weight's output unit): x_g *= max(0, 1 - t * sqrt(n_g) / ||x_g||), 0 when ||x_g|| = 0 (NaN
-    entries stay NaN, as on the host).  One block per group; a block_sum tree: deterministic."""
+def group_soft_threshold_segments(x, indptr, perm, gather, t):
+    """Group soft threshold in place, group g = x[src(k)] for k in [indptr[g], indptr[g+1]):
+    x_g *= max(0, 1 - t * sqrt(n_g) / ||x_g||), 0 when ||x_g|| = 0 (NaN entries stay NaN, as on
+    the host).  ``src(k) = perm[k]`` when ``gather`` (a weight's columns, through its transpose
+    permutation) else k (runs: CSR rows, a dense weight's output units; perm not read).  One
+    block per group; a block_sum tree: deterministic."""
     red = cuda.shared.array(RED_THREADS, dtype=x.dtype)
     g = cuda.blockIdx.x
     tid = cuda.threadIdx.x
@@ -126,7 +128,8 @@ def group_soft_threshold_segments(x, indptr, t):
     zero = x.dtype.type(0)
     acc = zero
     for k in range(start + tid, end, RED_THREADS):
-        acc += x[k] * x[k]
+        v = x[perm[k]] if gather else x[k]
+        acc += v * v
     red[tid] = acc
     norm = math.sqrt(block_sum(red, tid))
     s = x.dtype.type(t)
@@ -136,7 +139,10 @@ def group_soft_threshold_segments(x, indptr, t):
     elif norm == zero and s == zero:
         scale = x.dtype.type(1)  # t = 0 changes nothing, even where tiny values underflowed the sum
     for k in range(start + tid, end, RED_THREADS):
-        x[k] *= scale
+        if gather:
+            x[perm[k]] *= scale
+        else:
+            x[k] *= scale
 
 
 @cuda.jit

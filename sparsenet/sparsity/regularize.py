@@ -14,8 +14,7 @@ import numpy as np
 
 from .. import kernels
 from ..train import Callback
-from ._topology import (check_fraction, check_nonneg, check_model, csr_rows, lr_of,
-                        resolve_layers, runs_own)
+from ._topology import check_fraction, check_model, check_nonneg, lr_of, resolve_layers, runs_own
 
 __all__ = ["soft_threshold", "group_soft_threshold", "L1Prox", "GroupLassoProx", "HardThreshold"]
 
@@ -196,51 +195,30 @@ class GroupLassoProx(_Prox):
         if group not in self.GROUPS:
             raise ValueError(f"group must be one of {self.GROUPS}; got {group!r}")
         self.group = group
-        self._bounds = {}  # (n_out, fan_in) -> device indptr of a dense weight's output groups
-
-    @staticmethod
-    def group_ids(layer, group):
-        """(ids per stored entry, number of groups) of a layer's weight for ``group``."""
-        p = layer.weight
-        taps = layer.kernel_size[0] * layer.kernel_size[1] if hasattr(layer, "kernel_size") else 1
-        if p.is_sparse:
-            csr = p.csr
-            if group == "output":
-                return csr_rows(csr), csr.shape[0]
-            return csr.indices.astype(np.int64) // taps, csr.shape[1] // taps
-        shape = p.data.shape
-        n_out, fan_in = shape[0], int(np.prod(shape[1:]))
-        if group == "output":
-            return np.repeat(np.arange(n_out), fan_in), n_out
-        return np.tile(np.arange(fan_in) // taps, n_out), fan_in // taps
 
     def _steps_on_device(self):
-        # Output groups are contiguous runs of the weight's values: thresholded on its device.
-        return self.group == "output" and runs_own(self, GroupLassoProx, "step", "_unit_bounds")
+        return runs_own(self, GroupLassoProx, "step", "groups")
 
     def step(self):
         """Apply the block soft threshold in place to every weight."""
         for layer in self.layers:
             p = layer.weight
-            t = self._step_size(p) * self.lam
-            if self.group == "output" and kernels.on_device(data=p.data):
-                kernels.group_soft_threshold_(p.data, self._unit_bounds(p), t)
-                continue
-            ids, n = self.group_ids(layer, self.group)
-            flat = p.data.reshape(-1)
-            group_soft_threshold(flat, ids, n, t, out=flat)
+            bounds, perm = self.groups(layer, self.group)
+            kernels.group_soft_threshold_(p.data, bounds, self._step_size(p) * self.lam, perm=perm)
 
-    def _unit_bounds(self, p):
-        """Device ``indptr`` of the output groups of a device weight: the CSR row pointer, or
-        multiples of the fan-in for a dense weight (uploaded once per shape)."""
-        if p.is_sparse:
-            return p.csr.indptr
-        n_out = p.data.shape[0]
-        fan_in = p.data.size // max(n_out, 1)
-        key = (n_out, fan_in)
-        if key not in self._bounds:
-            self._bounds[key] = kernels.to_device(np.arange(n_out + 1, dtype=np.int64) * fan_in)
-        return self._bounds[key]
+    @staticmethod
+    def groups(layer, group):
+        """(bounds, perm or None) of a layer's weight for ``group``, on the weight's device: group
+        g is ``data[perm[bounds[g]:bounds[g+1]]]`` (``data[bounds[g]:bounds[g+1]]`` without perm).
+        On the GPU they are derived once per pattern or weight array, so a step reads nothing back."""
+        p = layer.weight
+        taps = layer.kernel_size[0] * layer.kernel_size[1] if hasattr(layer, "kernel_size") else 1
+        if not p.is_sparse:
+            return kernels.dense_groups(p.data, taps, by_input=group == "input")
+        csr = p.csr
+        if group == "output":
+            return csr.indptr, None
+        return kernels.column_groups(csr.shape[1], csr.indptr, csr.indices, taps)
 
 
 class HardThreshold(_Prox):
@@ -255,7 +233,8 @@ class HardThreshold(_Prox):
         Absolute magnitude below which weights become zero.
     sparsity : float in [0, 1), optional
         Instead: per layer, zero the smallest ``sparsity`` fraction of the weight matrix
-        (counting entries absent from a CSR weight as zeros already).
+        (counting entries absent from a CSR weight as zeros already; among equal magnitudes
+        the entries first in memory order go first, NaN counts as the largest).
     layers : list of layers, optional
 
     Raises
@@ -281,8 +260,7 @@ class HardThreshold(_Prox):
         self.sparsity = None if sparsity is None else check_fraction(sparsity, "sparsity")
 
     def _steps_on_device(self):
-        # A fixed threshold runs on the weights' device; keeping a top fraction sorts on the host.
-        return self.threshold is not None and runs_own(self, HardThreshold, "step")
+        return runs_own(self, HardThreshold, "step")
 
     def step(self):
         for layer in self.layers:
@@ -290,9 +268,8 @@ class HardThreshold(_Prox):
             if self.threshold is not None:
                 kernels.hard_threshold_(p.data, self.threshold)
                 continue
-            flat = p.data.reshape(-1)
             size = int(np.prod(p.dense_shape))
             n_keep = size - int(round(self.sparsity * size))
-            n_zero = flat.size - n_keep
-            if n_zero > 0:
-                flat[np.argpartition(np.abs(flat), n_zero - 1)[:n_zero]] = 0
+            # entries absent from a CSR weight are zeros already; ties go in memory order, so
+            # the result is the same on the host and on the device
+            kernels.zero_smallest_(p.data, p.data.size - n_keep)

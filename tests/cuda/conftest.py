@@ -97,6 +97,7 @@ _SMALL = {
              "LOCAL_MAX_BLOCKS": 3},
     "pool": {"POOL_THREADS": 8, "POOL_MAX_BLOCKS": 4},
     "ops": {"THREADS": 8, "MAX_BLOCKS": 3, "RED_THREADS": 8, "MM_TILE": 4},
+    "select": {"SELECT_THREADS": 8, "SELECT_ITEMS": 2, "SELECT_MAX_BLOCKS": 3},
 }
 
 
@@ -105,9 +106,10 @@ def small_geometry(monkeypatch):
     """Shrink the launch geometry in the simulator (a no-op on a real GPU, where the
     constants are compiled into the kernels)."""
     if SIMULATOR:
-        from sparsenet.kernels.cuda import conv, csr, ops, pool, update
+        from sparsenet.kernels.cuda import conv, csr, ops, pool, select, update
 
-        for mod, name in ((csr, "csr"), (update, "update"), (conv, "conv"), (pool, "pool"), (ops, "ops")):
+        for mod, name in ((csr, "csr"), (update, "update"), (conv, "conv"), (pool, "pool"), (ops, "ops"),
+                          (select, "select")):
             for key, value in _SMALL[name].items():
                 monkeypatch.setattr(mod, key, value)
     yield

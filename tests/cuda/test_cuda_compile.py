@@ -121,7 +121,8 @@ def test_sparse_conv_and_training_step_kernels_compile(compile_ptx, fdt, idt):
         "soft_threshold_inplace": (ops.soft_threshold_inplace, (vec, types.float64)),
         "hard_threshold_inplace": (ops.hard_threshold_inplace, (vec, types.float64)),
         "mul_inplace": (ops.mul_inplace, (vec, vec)),
-        "group_soft_threshold_segments": (ops.group_soft_threshold_segments, (vec, types.int64[::1], types.float64)),
+        "group_soft_threshold_segments": (ops.group_soft_threshold_segments,
+                                          (vec, ivec, ivec, types.boolean, types.float64)),
         "bias_add": (ops.bias_add, (anym, vec, types.boolean)),
         "batch_sum": (ops.batch_sum, (anym, vec)),
         "matmul": (ops.matmul, (anym, anym, mat)),
@@ -146,3 +147,19 @@ def test_sparse_conv_and_training_step_kernels_compile(compile_ptx, fdt, idt):
         if fdt == "float32":
             assert not _f64_ops(ptx), f"{name} does float64 arithmetic in its float32 variant: {_f64_ops(ptx)[:5]}"
     compile_ptx(ops.accumulate_metrics, (f[::1], i, anym, tgt, types.boolean, types.float64[::1]))
+
+
+@pytest.mark.parametrize("kdt", ["int32", "int64"])
+def test_magnitude_select_kernels_compile(compile_ptx, kdt):
+    """The radix select reads float32 (float64) values as int32 (int64) keys: no float math at all."""
+    from numba import types
+
+    from sparsenet.kernels.cuda import select
+
+    keys, i, b = getattr(types, kdt)[::1], types.int64, types.boolean
+    state, hist = types.int64[::1], types.int32[:, ::1]
+    for fn, sig in ((select.radix_histogram, (keys, i, i, i, b, i, i, state, hist)),
+                    (select.radix_pick, (hist, i, b, i, state)),
+                    (select.zero_selected, (keys, i, i, i, state, hist))):
+        ptx = compile_ptx(fn, sig)
+        assert not re.findall(r"\.f(?:32|64)\b", ptx), f"{fn.py_func.__name__} does float arithmetic"

@@ -239,6 +239,66 @@ def test_group_soft_threshold_over_runs_matches_the_host(rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_group_soft_threshold_over_gathered_columns_matches_the_host(rng, dtype):
+    """Input-feature groups: CSR columns (int32 and int64 patterns, blocks of 1 and 3 columns)
+    and a dense weight's column blocks, gathered through their permutations."""
+    t = 0.25
+    for idt, taps in ((np.int32, 1), (np.int64, 3)):
+        w = CSRMatrix.random((9, 4 * taps), 0.5, rng=rng, dtype=dtype)
+        indptr, indices = w.indptr.astype(idt), w.indices.astype(idt)
+        w.data[indices // taps == 1] *= 1e-3  # a group that dies
+        expected = _host_group_threshold(w.data, K.column_groups(w.shape[1], indptr, indices, taps), t)
+        d_indptr, d_indices = _dev(indptr), _dev(indices)
+        bounds, perm = K.column_groups(w.shape[1], d_indptr, d_indices, taps)
+        assert _is_dev(bounds) and _is_dev(perm) and perm.dtype == idt
+        assert K.column_groups(w.shape[1], d_indptr, d_indices, taps)[0] is bounds  # derived once per pattern
+        got = _dev(w.data)
+        assert K.group_soft_threshold_(got, bounds, t, perm=perm) is got
+        np.testing.assert_allclose(_host(got), expected, **_tol(dtype))
+        assert (_host(got)[indices // taps == 1] == 0).all()
+    x = rng.standard_normal((5, 3, 2, 2)).astype(dtype)  # a conv weight: 3 channels of 4 taps
+    for by_input in (True, False):
+        xd = _dev(x)
+        bounds, perm = K.dense_groups(xd, 4, by_input=by_input)
+        assert K.dense_groups(xd, 4, by_input=by_input)[0] is bounds
+        expected = _host_group_threshold(x, (bounds, perm), t)
+        np.testing.assert_allclose(_host(K.group_soft_threshold_(xd, bounds, t, perm=perm)), expected, **_tol(dtype))
+    with pytest.raises(TypeError, match="share an integer dtype"):
+        K.group_soft_threshold_(_dev(x), _dev(np.array([0, 4], np.int32)), t, perm=_dev(np.arange(4)))
+
+
+def _host_group_threshold(x, groups, t):
+    bounds, perm = groups
+    return K.group_soft_threshold_(x.copy(), _host(bounds), t, perm=None if perm is None else _host(perm))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", ["distinct", "ties", "specials", "fortran"])
+def test_zero_smallest_matches_the_host_bit_for_bit(rng, dtype, case):
+    """The radix select zeroes the same entries as the host partition: every count, over several
+    blocks and tiles of the (shrunk) geometry, ties broken in memory order, NaN largest."""
+    x = rng.standard_normal(45).astype(dtype)
+    if case == "ties":
+        x = np.round(x * 2).astype(dtype)  # a handful of values, each many times
+    elif case == "specials":
+        x[::7] = np.nan
+        x[1::9] = -0.0
+        tiny = np.finfo(dtype).smallest_subnormal
+        x[2:6] = [np.inf, -np.inf, tiny, -tiny]
+    elif case == "fortran":
+        x = np.asfortranarray(x[:44].reshape(4, 11))
+    for n in (-1, 1, 20, x.size - 1, x.size + 5):
+        expected = K.zero_smallest_(x.copy(order="K"), n)
+        xd = _dev(x)
+        assert K.zero_smallest_(xd, n) is xd
+        np.testing.assert_array_equal(np.ascontiguousarray(_host(xd)).view(np.uint8),
+                                      np.ascontiguousarray(expected).view(np.uint8), err_msg=f"n={n}")
+    assert K.zero_smallest_(_dev(np.zeros(0, dtype)), 3).size == 0
+    with pytest.raises(ValueError, match="contiguous"):
+        K.zero_smallest_(_dev(np.ones((4, 6), dtype))[:, ::2], 2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_hard_threshold_and_mul_in_place_match_the_host(rng, dtype):
     x = rng.standard_normal((4, 5)).astype(dtype)
     x[0, :3] = [np.nan, np.inf, 0.0]
