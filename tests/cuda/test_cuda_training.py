@@ -329,7 +329,7 @@ def _dense_model():
                                                to_sparse_below=0.0), 3),
     (lambda m: sparsity.HardThreshold(m, 0.05), 0),
     (lambda m: sparsity.GroupLassoProx(m, 0.3), 0),  # output groups: rows of the dense weights
-    (lambda m: sparsity.GroupLassoProx(m, 0.3, group="input"), 8),  # input groups: on the host
+    (lambda m: sparsity.GroupLassoProx(m, 0.3, group="input"), 0),  # columns, gathered on the device
     (lambda m: sparsity.GradualStructuredPruner(m, 0.5, begin_step=2, end_step=6, frequency=4), 2),
 ], ids=["gmp-masks", "hard-threshold", "group-lasso-rows", "group-lasso-columns", "structured"])
 def test_pruners_use_the_host_only_on_pruning_steps(rng, host_trips, make_cb, trips_expected):
@@ -338,6 +338,34 @@ def test_pruners_use_the_host_only_on_pruning_steps(rng, host_trips, make_cb, tr
     CPU's."""
     _trains_alike_on_both_devices(rng, _dense_model, make_cb, epochs=2)
     assert len(host_trips) == trips_expected  # all of them from the device run
+
+
+def _conv_model():
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, rng=0, dtype=F64), nn.ReLU(),
+                         nn.SparseConv2d(3, 2, 2, density=0.6, rng=1, dtype=F64), nn.Flatten(),
+                         nn.Linear(2 * 3 * 3, 3, rng=2, dtype=F64))
+
+
+@pytest.mark.parametrize("make_cb", [
+    lambda m: sparsity.GroupLassoProx(m, 0.5, group="input"),  # input channels: blocks of 9 and 4 taps
+    lambda m: sparsity.HardThreshold(m, sparsity=0.5),
+], ids=["group-lasso-channels", "top-k"])
+def test_conv_regularisers_step_on_the_device(rng, host_trips, make_cb):
+    """Dense and weight-sparse convolutions and a dense linear layer: channel groups and top-k
+    zeroing (the radix select, on 4-D, CSR and 2-D weights) never need the host, and the result
+    is the CPU's."""
+    x = rng.standard_normal((16, 2, 4, 4))
+    y = (x[:, 0].mean(axis=(1, 2)) > 0).astype(np.int64) + (x[:, 1, 0, 0] > 1).astype(np.int64)
+    runs = {}
+    for device in ("cpu", "cuda"):
+        model = _conv_model()
+        hist = train.fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x, y), epochs=1,
+                         batch_size=8, progress=False, rng=0, device=device, callbacks=[make_cb(model)])
+        runs[device] = model.to("cpu"), hist
+    assert host_trips == []
+    np.testing.assert_allclose(runs["cuda"][1]["loss"], runs["cpu"][1]["loss"], rtol=1e-10)
+    for key, value in runs["cpu"][0].state_dict().items():
+        np.testing.assert_allclose(runs["cuda"][0].state_dict()[key], value, rtol=1e-10, atol=1e-12, err_msg=key)
 
 
 def test_pruning_refuses_device_weights_and_drops_masks_of_converted_layers(rng):
