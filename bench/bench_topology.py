@@ -1,10 +1,13 @@
-"""Topology-update cost: SET and RigL steps on CSR weights vs the dense-mask approach.
+"""Topology-update cost: SET and RigL steps on CSR weights vs the dense-mask approach, and the
+top-k hard threshold (zero the smallest 90% of a dense weight) vs argpartition and torch.topk.
 
 SET (``set_update``) drops and regrows in O(nnz); the dense-mask peer (what mask-based
 libraries do) pays O(out * in) per update.  RigL's growth needs the dense gradient G^T X: the
 ``stream`` peer computes it tile by tile into a bounded heap (``kernels.topk_abs_grad``), the
 ``dense-gradient`` peer materialises the (out, in) matrix, masks it and takes an argpartition.
 Peak extra memory (tracemalloc, NumPy allocations) goes into ``extra_info["peak_mib"]``.
+Every top-k run first restores the weight (``np.copyto``, the same cost for every peer), so
+each call selects from the same values rather than from the zeros of the previous call.
 
 Run:  python -m pytest bench/bench_topology.py --benchmark-json=bench/topology.json -p no:randomly
       python bench/report.py bench/topology.json
@@ -74,6 +77,41 @@ def rigl_dense_gradient(w, mask, x, g, rng):
     w.ravel()[grow] = 0
 
 
+TOPK_SPARSITY = 0.9
+
+
+def topk_sparsenet(w, n):
+    kernels.zero_smallest_(w, n)
+
+
+def topk_argpartition(w, n):
+    """What a NumPy user writes (sparsenet's host path before the deterministic select)."""
+    flat = w.reshape(-1)
+    flat[np.argpartition(np.abs(flat), n - 1)[:n]] = 0
+
+
+def topk_torch(w, n):
+    import torch  # noqa: PLC0415
+
+    flat = torch.from_numpy(w.reshape(-1))
+    flat[torch.topk(flat.abs(), n, largest=False, sorted=False).indices] = 0
+
+
+TOPK_PEERS = {"sparsenet": topk_sparsenet, "numpy-argpartition": topk_argpartition, "torch-topk": topk_torch}
+
+
+def _topk_runner(peer, n_in, n_out):
+    w0 = np.random.default_rng(0).standard_normal((n_out, n_in), dtype=np.float32)
+    w = w0.copy()
+    n = int(round(TOPK_SPARSITY * w.size))
+    fn = TOPK_PEERS[peer]
+
+    def run():
+        np.copyto(w, w0)
+        fn(w, n)
+    return run
+
+
 PEERS = {
     "set": {"sparsenet-csr": set_sparse, "dense-mask": set_dense_mask},
     "rigl": {"sparsenet-stream": rigl_stream, "dense-gradient": rigl_dense_gradient},
@@ -120,6 +158,18 @@ def test_rigl_update(benchmark, shape, peer, n_threads):
     benchmark(run)
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("peer", list(TOPK_PEERS))
+def test_topk_threshold(benchmark, shape, peer, n_threads):
+    if peer == "torch-topk":
+        pytest.importorskip("torch")
+    run = _topk_runner(peer, *shape)
+    run()
+    benchmark.group = f"topk-{shape[0]}x{shape[1]}-s{TOPK_SPARSITY}-t{n_threads}"
+    benchmark.extra_info.update(peer=peer, threads=n_threads, peak_mib=_peak_mib(run))
+    benchmark(run)
+
+
 def _check_equal_selection(n_in=784, n_out=1000):
     """The streamed top-k selects exactly what the dense gradient selects (tie-free data)."""
     layer, x, g, _ = _case(n_in, n_out)
@@ -151,6 +201,20 @@ def main(repeats=5):
                 peak = _peak_mib(run)
                 print(f"| {op} | {shape[0]}->{shape[1]} | {layer.weight.csr.nnz} | {peer} | "
                       f"{1e3 * np.median(times):.2f} | {peak:.1f} |", flush=True)
+    for shape in SHAPES:
+        for peer in TOPK_PEERS:
+            run = _topk_runner(peer, *shape)
+            try:
+                run()
+            except ImportError:  # torch not installed
+                continue
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                run()
+                times.append(time.perf_counter() - t0)
+            print(f"| top-k {TOPK_SPARSITY:.0%} | {shape[0]}->{shape[1]} | {shape[0] * shape[1]} (dense) | {peer} | "
+                  f"{1e3 * np.median(times):.2f} | {_peak_mib(run):.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Standalone script (not collected by pytest).  On a machine with an NVIDIA GPU:
     python bench/gpu_bench.py --suite csr --shapes 0,3    # a subset
     NUMBA_ENABLE_CUDASIM=1 python bench/gpu_bench.py --dry-run   # plumbing check, no timing
 
-Suites (``--suite overhead,csr,conv,train``, default all):
+Suites (``--suite overhead,csr,conv,sparsity,train``, default all):
 
 * ``overhead``: host cost per call (numba's empty-kernel launch, a device allocation, a tiny
   sparsenet SpMM) against torch's: what bounds small, launch-bound layers.
@@ -18,6 +18,11 @@ Suites (``--suite overhead,csr,conv,train``, default all):
   cuBLAS ``X @ W_dense^T`` for scale.
 * ``conv``: dense conv2d forward, grad input and grad weight vs ``torch.nn.functional.conv2d``
   and its autograd backward (cuDNN), and the weight-sparse conv at 90% sparsity, NCHW float32.
+* ``sparsity``: per-step sparsity work on a dense float32 weight: the top-k hard threshold
+  (``zero_smallest_``, radix select, 90% zeroed) vs ``torch.topk`` and vs the host round trip it
+  replaces (copy to host, NumPy, copy back); the group soft threshold over input columns
+  (gathered) and output rows vs the same map in torch.  Each call first restores the weight
+  (one device-to-device copy, the same for every peer).
 * ``train``: one whole training step (forward, cross-entropy, backward, Adam) of a SparseLinear
   MLP 784-1000-1000-10 (density 0.04): the model on the GPU (batch uploaded inside the timing)
   against the same model on the CPU (Numba kernels, all cores), per batch size.
@@ -55,12 +60,12 @@ SHAPES = [
     (4096, 4096, 4096, 0.10),
 ]
 DRY_SHAPE = (3, 9, 7, 0.3)
+SUITES = ("overhead", "csr", "conv", "sparsity", "train")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--suite", default="overhead,csr,conv,train",
-                   help="comma-separated suites: overhead, csr, conv, train")
+    p.add_argument("--suite", default=",".join(SUITES), help="comma-separated suites: " + ", ".join(SUITES))
     p.add_argument("--shapes", default="all", help="comma-separated indices into SHAPES (csr suite), or 'all'")
     p.add_argument("--repeat", type=int, default=20, help="launches per timed event pair")
     p.add_argument("--trials", type=int, default=5, help="event-timed runs; the median is reported")
@@ -85,9 +90,9 @@ def parse_args(argv=None):
         args.warmup = 0
         args.no_torch = True
     args.suites = [x.strip() for x in args.suite.split(",") if x.strip()]
-    unknown = set(args.suites) - {"overhead", "csr", "conv", "train"}
+    unknown = set(args.suites) - set(SUITES)
     if unknown:
-        p.error(f"unknown suites {sorted(unknown)}; choose from overhead, csr, conv, train")
+        p.error(f"unknown suites {sorted(unknown)}; choose from {', '.join(SUITES)}")
     if args.repeat < 1 or args.trials < 1 or args.warmup < 0:
         p.error("--repeat and --trials must be >= 1, --warmup >= 0")
     return args
@@ -330,6 +335,10 @@ def main(argv=None):
         cases = CONV_CASES[-1:] if args.dry_run else CONV_CASES
         rows = _measured(cases, lambda case: bench_conv(case, args, rng))
         print(_timed_tables("conv2d", CONV_COLUMNS, rows, CONV_RATIOS) + "\n", flush=True)
+    if "sparsity" in args.suites:
+        shapes = [(7, 9)] if args.dry_run else SPARSITY_SHAPES
+        rows = _measured(shapes, lambda shape: bench_sparsity(shape, args, rng))
+        print(_timed_tables("per-step sparsity work", SPARSITY_COLUMNS, rows, SPARSITY_RATIOS) + "\n", flush=True)
     if "train" in args.suites:
         batches = [4] if args.dry_run else TRAIN_BATCHES
         rows = _measured(batches, lambda b: bench_train(b, args))
@@ -378,6 +387,85 @@ def bench_overhead(args):
         row["torch_noop"] = _time_torch(lambda: t.add_(1.0), torch, args)
         row["torch_spmm_tiny"] = _time_torch(lambda: w_csr @ tx_t, torch, args)
     return row
+
+
+# ----------------------------------------------------------------------------- sparsity suite
+SPARSITY_SHAPES = [(1000, 1000), (4096, 4096)]  # dense (n_out, n_in) float32 weights
+SPARSITY_COLUMNS = [
+    ("case", "weight"), ("topk", "sparsenet top-k 90%"), ("torch_topk", "torch.topk 90%"),
+    ("host_trip", "top-k via the host"), ("group_in", "sparsenet group (input)"),
+    ("torch_group_in", "torch group (input)"), ("group_out", "sparsenet group (output)"),
+    ("torch_group_out", "torch group (output)"),
+]
+SPARSITY_RATIOS = (("topk", "torch_topk"), ("topk", "host_trip"), ("group_in", "torch_group_in"),
+                   ("group_out", "torch_group_out"))
+
+
+def bench_sparsity(shape, args, rng):
+    from numba import cuda
+
+    from sparsenet import kernels
+    from sparsenet.kernels import cuda as kc
+
+    w0 = rng.standard_normal(shape, dtype=np.float32) * 0.05
+    n = int(round(0.9 * w0.size))
+    t = 1e-3
+    d_w0, d_w = cuda.to_device(w0), cuda.to_device(w0)
+    in_groups = kc.dense_groups(d_w, 1, by_input=True)  # derived once per weight, outside the timing
+    out_groups = kc.dense_groups(d_w, 1, by_input=False)
+
+    def restore():
+        d_w.copy_to_device(d_w0)
+
+    def via_host():
+        restore()
+        d_w.copy_to_device(kernels.zero_smallest_(d_w.copy_to_host(), n))
+
+    ops = {
+        "topk": lambda: (restore(), kc.zero_smallest_(d_w, n)),
+        "group_in": lambda: (restore(), kc.group_soft_threshold_(d_w, in_groups[0], t, perm=in_groups[1])),
+        "group_out": lambda: (restore(), kc.group_soft_threshold_(d_w, out_groups[0], t)),
+    }
+    row = {"case": f"{shape[0]}x{shape[1]}"}
+    for name, fn in ops.items():
+        if args.dry_run:
+            fn()
+        else:
+            row[name], row[name + "_gpu"] = _time(fn, cuda, args, gpu_only=True)
+    if args.dry_run:
+        restore()
+        np.testing.assert_array_equal(kc.to_host(kc.zero_smallest_(d_w, n)), kernels.zero_smallest_(w0.copy(), n))
+        return row
+    row["host_trip"] = _time(via_host, cuda, args)
+    if not args.no_torch:
+        row.update(_torch_sparsity(w0, n, t, args))
+    return row
+
+
+def _torch_sparsity(w0, n, t, args):
+    try:
+        import torch
+    except ImportError:
+        return {}
+    if not torch.cuda.is_available():
+        return {}
+    tw0 = torch.from_numpy(w0).to("cuda")
+    tw = tw0.clone()
+    flat = tw.view(-1)
+
+    def topk():
+        tw.copy_(tw0)
+        flat[torch.topk(flat.abs(), n, largest=False, sorted=False).indices] = 0
+
+    def group(dim):  # w * max(0, 1 - t sqrt(n_g) / ||w_g||), groups along the other axis
+        tw.copy_(tw0)
+        norm = torch.linalg.vector_norm(tw, dim=dim, keepdim=True)
+        tw.mul_(torch.clamp(1 - t * (tw.shape[dim] ** 0.5) / norm, min=0))
+
+    out = {}
+    for name, fn in {"torch_topk": topk, "torch_group_in": lambda: group(0), "torch_group_out": lambda: group(1)}.items():
+        out[name], out[name + "_gpu"] = _time_torch(fn, torch, args, gpu_only=True)
+    return out
 
 
 # ----------------------------------------------------------------------------- conv suite

@@ -856,6 +856,30 @@ def zero_smallest_(x, n):
     return x
 
 
+ACTIVITY_EPS = 1e-7  # the KL penalty clips the code's column means to [eps, 1 - eps]
+
+
+def activity_penalty_grad_(g, h, kind, rho, beta):
+    """``g += beta * d penalty(h) / dh`` in place for a code ``h`` (batch, hidden); returns g.
+
+    ``kind`` "kl": ``sum_f KL(rho || m_f)``, m_f the column means of h clipped to
+    [ACTIVITY_EPS, 1 - ACTIVITY_EPS]; "l1": ``sum |h| / batch``.  The host computes the KL
+    coefficients in float64, the device in h's dtype.
+    """
+    if _on_cuda(g=g, h=h):
+        return _gpu().activity_penalty_grad_(g, h, kind, rho, beta)
+    n = h.shape[0]
+    if kind == "kl":
+        m = np.clip(h.mean(axis=0, dtype=np.float64), ACTIVITY_EPS, 1 - ACTIVITY_EPS)
+        d = ((-rho / m + (1 - rho) / (1 - m)) / n).astype(h.dtype)  # per unit, broadcast over the batch
+    elif kind == "l1":
+        d = (np.sign(h) / n).astype(h.dtype)
+    else:
+        raise ValueError(f"kind must be 'kl' or 'l1'; got {kind!r}")
+    g += beta * d
+    return g
+
+
 def bias_add_(y, bias):
     """``y += bias`` in place for y (B, F), bias (F,); returns y."""
     if _on_cuda(y=y, bias=bias):

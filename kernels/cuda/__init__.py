@@ -894,6 +894,28 @@ def bias_add_(y, bias):
     return y
 
 
+def activity_penalty_grad_(g, h, kind, rho, beta):
+    """g += beta * d penalty(h) / dh in place for (B, F) device arrays (see
+    ``kernels.activity_penalty_grad_``); one element-wise kernel, after a column sum for "kl"."""
+    g, h = as_device_array(g, "g"), as_device_array(h, "h")
+    if g.ndim != 2 or tuple(g.shape) != tuple(h.shape):
+        raise ValueError(f"g and h must be (batch, hidden) of one shape; got {tuple(g.shape)} and {tuple(h.shape)}")
+    _same_dtype(g=g, h=h)
+    if g.size == 0:
+        return g
+    batch_fastest = bool(g.strides[0] < g.strides[1])
+    scale = float(beta) / g.shape[0]
+    if kind == "kl":
+        from .. import ACTIVITY_EPS  # noqa: PLC0415
+
+        _ops().kl_code_grad_add[_grid(g.size)](float(rho), scale, ACTIVITY_EPS, batch_sum(h), g, batch_fastest)
+    elif kind == "l1":
+        _ops().l1_code_grad_add[_grid(g.size)](scale, h, g, batch_fastest)
+    else:
+        raise ValueError(f"kind must be 'kl' or 'l1'; got {kind!r}")
+    return g
+
+
 def batch_sum(g):
     """sum over axis 0 of a (B, F) device array: (F,) (the bias gradient)."""
     g = as_device_array(g, "g")
@@ -1071,7 +1093,7 @@ def accumulate_metrics(acc, loss, batch, logits=None, target=None):
 
 __all__ += [
     "contiguous", "copy", "activation", "activation_backward", "scaled_mul", "add_", "mul_", "soft_threshold_",
-    "hard_threshold_", "group_soft_threshold_", "zero_smallest_", "bias_add_",
+    "hard_threshold_", "group_soft_threshold_", "zero_smallest_", "activity_penalty_grad_", "bias_add_",
     "batch_sum", "matmul", "transpose", "cross_entropy", "cross_entropy_backward", "mse_loss",
     "mse_loss_backward", "metrics_accumulator", "accumulate_metrics", "channel_moments",
     "batch_norm_running_", "batch_norm_apply", "batch_norm_backward", "softmax_rows", "softmax_rows_backward",

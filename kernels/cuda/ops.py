@@ -159,19 +159,60 @@ def add_inplace(dst, src):
         dst[i] += src[i]
 
 
+@cuda.jit(device=True, inline="always")
+def _batch_feature(idx, n_b, n_f, batch_fastest):
+    """(b, f) of the flat index ``idx`` walking b fastest (F-ordered arrays) or f fastest."""
+    if batch_fastest:
+        f = idx // n_b
+        return idx - f * n_b, f
+    b = idx // n_f
+    return b, idx - b * n_f
+
+
 @cuda.jit
 def bias_add(y, bias, batch_fastest):
     """y[b, f] += bias[f] in place, y (B, F) of any strides; ``batch_fastest`` walks b fastest
     (F-ordered y, the sparse products' output) so a warp's stores are consecutive."""
     n_b, n_f = y.shape[0], y.shape[1]
     for idx in range(cuda.grid(1), n_b * n_f, cuda.gridsize(1)):
-        if batch_fastest:
-            f = idx // n_b
-            b = idx - f * n_b
-        else:
-            b = idx // n_f
-            f = idx - b * n_f
+        b, f = _batch_feature(idx, n_b, n_f, batch_fastest)
         y[b, f] += bias[f]
+
+
+@cuda.jit
+def kl_code_grad_add(rho, scale, eps, colsum, g, batch_fastest):
+    """g[b, f] += scale * (-rho / m_f + (1 - rho) / (1 - m_f)), m_f = clip(colsum[f] / B, eps,
+    1 - eps): the KL sparsity penalty's gradient (scale = beta / B).  g (B, F) any strides,
+    colsum (F,) the code's column sums.
+
+    ``1 - m_f`` is clipped below at eps itself rather than computed from the clipped m_f:
+    1 - eps is not representable in float32 (it rounds to 1 - 1.19e-7), which would move the
+    saturated units' coefficient by 19% from the host's."""
+    n_b, n_f = g.shape[0], g.shape[1]
+    one = g.dtype.type(1)
+    r = g.dtype.type(rho)
+    s = g.dtype.type(scale)
+    lo = g.dtype.type(eps)
+    for idx in range(cuda.grid(1), n_b * n_f, cuda.gridsize(1)):
+        b, f = _batch_feature(idx, n_b, n_f, batch_fastest)
+        mean = colsum[f] / g.dtype.type(n_b)
+        m = min(max(mean, lo), one - lo)
+        q = max(one - mean, lo)
+        g[b, f] += s * (-r / m + (one - r) / q)
+
+
+@cuda.jit
+def l1_code_grad_add(scale, h, g, batch_fastest):
+    """g[b, f] += scale * sign(h[b, f]) (NaN stays NaN): the L1 activity penalty's gradient
+    (scale = beta / B).  h, g (B, F) any strides."""
+    n_b, n_f = g.shape[0], g.shape[1]
+    zero = g.dtype.type(0)
+    s = g.dtype.type(scale)
+    for idx in range(cuda.grid(1), n_b * n_f, cuda.gridsize(1)):
+        b, f = _batch_feature(idx, n_b, n_f, batch_fastest)
+        v = h[b, f]
+        d = s if v > zero else (-s if v < zero else v * zero)  # v * 0: 0, or NaN for NaN
+        g[b, f] += d
 
 
 @cuda.jit

@@ -7,6 +7,7 @@ so ``fit(ae, nn.MSELoss(), opt, (x, x))`` trains the full objective.
 """
 import numpy as np
 
+from .. import kernels
 from .._validation import as_float_array, check_random_state, float_dtype
 from ..nn.activation import ReLU, Sigmoid
 from ..nn.linear import SparseLinear
@@ -15,7 +16,7 @@ from ._topology import check_fraction, check_nonneg
 
 __all__ = ["kl_sparsity", "kl_sparsity_backward", "l1_activity", "l1_activity_backward", "SparseAutoencoder"]
 
-_EPS = 1e-7
+_EPS = kernels.ACTIVITY_EPS
 
 
 def _check_code(h):
@@ -58,9 +59,7 @@ def kl_sparsity_backward(h, rho):
     """Gradient of :func:`kl_sparsity` with respect to ``h``: ``(-rho/m + (1-rho)/(1-m)) / batch``."""
     h = _check_code(h)
     rho = check_fraction(rho, "rho", low_open=True)
-    m = np.clip(h.mean(axis=0, dtype=np.float64), _EPS, 1 - _EPS)
-    g = (-rho / m + (1 - rho) / (1 - m)) / h.shape[0]
-    return np.broadcast_to(g.astype(h.dtype), h.shape).copy()
+    return kernels.activity_penalty_grad_(np.zeros(h.shape, h.dtype), h, "kl", rho, 1.0)
 
 
 def l1_activity(h):
@@ -79,7 +78,7 @@ def l1_activity(h):
 def l1_activity_backward(h):
     """Gradient of :func:`l1_activity`: ``sign(h) / batch`` (0 at 0)."""
     h = _check_code(h)
-    return (np.sign(h) / h.shape[0]).astype(h.dtype)
+    return kernels.activity_penalty_grad_(np.zeros(h.shape, h.dtype), h, "l1", None, 1.0)
 
 
 class SparseAutoencoder(Module):
@@ -108,10 +107,11 @@ class SparseAutoencoder(Module):
     Attributes
     ----------
     encoder, decoder : SparseLinear
-    code : ndarray or None
-        The last forward's code h.
+    code : ndarray, CUDA device array or None
+        The last forward's code h (on the model's device).
     penalty_value : float
-        ``beta * penalty(code)`` of the last forward (add it to the loss when reporting).
+        ``beta * penalty(code)`` of the last forward (add it to the loss when reporting);
+        computed when read (on the GPU, one copy of the code to the host), not at every step.
 
     Notes
     -----
@@ -129,6 +129,7 @@ class SparseAutoencoder(Module):
     """
 
     PENALTIES = ("kl", "l1")
+    _supports_cuda = True
 
     def __init__(self, in_features, hidden, *, penalty="kl", rho=0.05, beta=1.0, density=None, epsilon=None,
                  output="sigmoid", rng=None, dtype=np.float32):
@@ -151,13 +152,13 @@ class SparseAutoencoder(Module):
         self.in_features, self.hidden = int(in_features), int(hidden)
         self._density, self._epsilon = density, epsilon
         object.__setattr__(self, "code", None)
-        object.__setattr__(self, "penalty_value", 0.0)
 
-    def _penalty(self, h):
-        return kl_sparsity(h, self.rho) if self.penalty == "kl" else l1_activity(h)
-
-    def _penalty_grad(self, h):
-        return kl_sparsity_backward(h, self.rho) if self.penalty == "kl" else l1_activity_backward(h)
+    @property
+    def penalty_value(self):
+        if self.code is None:
+            return 0.0
+        h = kernels.to_host(self.code)
+        return self.beta * (kl_sparsity(h, self.rho) if self.penalty == "kl" else l1_activity(h))
 
     def encode(self, x):
         """The code h of ``x`` (no state kept for backward)."""
@@ -172,16 +173,15 @@ class SparseAutoencoder(Module):
         if self.out_act is not None:
             y = self.out_act(y)
         object.__setattr__(self, "code", h)
-        object.__setattr__(self, "penalty_value", self.beta * self._penalty(h))
         self._save(h)
         return y
 
     def backward(self, grad_out):
         h = self._saved()
         g = grad_out if self.out_act is None else self.out_act.backward(grad_out)
-        g_h = self.decoder.backward(g)
+        g_h = self.decoder.backward(g)  # a new array: the penalty's gradient is added in place
         if self.beta:
-            g_h = g_h + self.beta * self._penalty_grad(h)
+            kernels.activity_penalty_grad_(g_h, h, self.penalty, self.rho, self.beta)
         return self.encoder.backward(self.code_act.backward(g_h))
 
     def get_config(self):
@@ -191,5 +191,5 @@ class SparseAutoencoder(Module):
 
     def code_sparsity(self, x, tol=1e-2):
         """Fraction of code activations of ``x`` below ``tol`` (0 exactly for ReLU codes)."""
-        h = self.encode(as_float_array(x, "x"))
+        h = kernels.to_host(self.encode(as_float_array(x, "x")))
         return float(np.mean(np.abs(h) < tol))

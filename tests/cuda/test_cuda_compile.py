@@ -124,6 +124,8 @@ def test_sparse_conv_and_training_step_kernels_compile(compile_ptx, fdt, idt):
         "group_soft_threshold_segments": (ops.group_soft_threshold_segments,
                                           (vec, ivec, ivec, types.boolean, types.float64)),
         "bias_add": (ops.bias_add, (anym, vec, types.boolean)),
+        "kl_code_grad_add": (ops.kl_code_grad_add, (types.float64,) * 3 + (vec, anym, types.boolean)),
+        "l1_code_grad_add": (ops.l1_code_grad_add, (types.float64, anym, anym, types.boolean)),
         "batch_sum": (ops.batch_sum, (anym, vec)),
         "matmul": (ops.matmul, (anym, anym, mat)),
         "copy_2d": (ops.copy_2d, (anym, mat)),

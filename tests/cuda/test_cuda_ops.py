@@ -299,6 +299,28 @@ def test_zero_smallest_matches_the_host_bit_for_bit(rng, dtype, case):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["kl", "l1"])
+def test_activity_penalty_gradient_matches_the_host(rng, dtype, kind):
+    """g += beta * d penalty / dh on F- and C-ordered operands (units driven to the clip bounds
+    for KL, exact zeros for L1)."""
+    h = rng.random((7, 5)).astype(dtype)
+    h[:, 0] = 0.0  # a dead unit: its mean is clipped to eps
+    h[:, 1] = 1.0  # a saturated one: clipped to 1 - eps
+    h[2, 2] = 0.0 if kind == "l1" else h[2, 2]
+    g = rng.standard_normal((7, 5)).astype(dtype)
+    expected = K.activity_penalty_grad_(g.copy(), h, kind, 0.1, 0.6)
+    for order in ("C", "F"):
+        gd = _dev(np.asarray(g, order=order))
+        assert K.activity_penalty_grad_(gd, _dev(np.asfortranarray(h)), kind, 0.1, 0.6) is gd
+        # coefficients up to ~1e6 at the clip bounds, where the host's 1 - (1 - eps) differs from
+        # eps in the last digits
+        tol = dict(rtol=2e-5, atol=1e-3) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-6)
+        np.testing.assert_allclose(_host(gd), expected, **tol)
+    with pytest.raises(ValueError, match="one shape"):
+        K.activity_penalty_grad_(_dev(g), _dev(h[:, :3].copy()), kind, 0.1, 0.6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_hard_threshold_and_mul_in_place_match_the_host(rng, dtype):
     x = rng.standard_normal((4, 5)).astype(dtype)
     x[0, :3] = [np.nan, np.inf, 0.0]

@@ -58,6 +58,9 @@ def _layer_cases():
         ("batchnorm2d", lambda: nn.BatchNorm2d(2, dtype=F64), (3, 2, 4, 3)),
         ("batchnorm2d_no_affine", lambda: nn.BatchNorm2d(2, affine=False, dtype=F64), (3, 2, 2, 2)),
         ("batchnorm2d_eval", lambda: _bn_eval(nn.BatchNorm2d, 2, (3, 2, 4, 3)), (3, 2, 4, 3)),
+        ("autoencoder_kl", lambda: sparsity.SparseAutoencoder(5, 3, beta=0.7, density=0.6, rng=0, dtype=F64), (4, 5)),
+        ("autoencoder_l1", lambda: sparsity.SparseAutoencoder(5, 3, penalty="l1", beta=0.7, density=0.6, output="linear",
+                                                              rng=0, dtype=F64), (4, 5)),
     ]
 
 
@@ -437,6 +440,45 @@ def test_trainer_resolves_the_device_when_it_runs(rng):
     model.to("cuda")
     trainer.run()
     assert model.device == "cuda" and trainer.device == "cuda"
+
+
+@pytest.mark.parametrize("penalty", ["kl", "l1"])
+def test_sparse_autoencoder_trains_on_the_device(rng, penalty):
+    """The activity penalty's gradient (added on the device in backward) passes a float64
+    directional check of the full objective <y, r> + penalty_value, and fit on the device
+    reproduces fit on the host."""
+    def make():
+        return sparsity.SparseAutoencoder(6, 4, penalty=penalty, beta=0.5, density=0.6, rng=0, dtype=F64)
+
+    ae = make().to("cuda")
+    x, v = rng.random((5, 6)), rng.standard_normal((5, 6))
+    r = rng.standard_normal((5, 6))
+
+    def objective(xx):
+        value = float(np.sum(_host(ae(_dev(xx))) * r)) + ae.penalty_value
+        ae.backward(_dev(r))
+        return value
+
+    ae(_dev(x))
+    analytic = float(np.sum(_host(ae.backward(_dev(r))) * v))
+    eps = 1e-6
+    numeric = (objective(x + eps * v) - objective(x - eps * v)) / (2 * eps)
+    assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-8)
+    host = make()
+    host(x)
+    ae(_dev(x))
+    assert ae.penalty_value == pytest.approx(host.penalty_value, rel=1e-12)
+    ae.backward(_dev(r))
+
+    runs = {}
+    for device in ("cpu", "cuda"):
+        model = make()
+        hist = train.fit(model, nn.MSELoss(), optim.Adam(model.parameters(), lr=0.05), (x, x), epochs=2,
+                         batch_size=3, progress=False, rng=0, device=device)
+        runs[device] = model.to("cpu"), hist
+    np.testing.assert_allclose(runs["cuda"][1]["loss"], runs["cpu"][1]["loss"], rtol=1e-10)
+    for key, value in runs["cpu"][0].state_dict().items():
+        np.testing.assert_allclose(runs["cuda"][0].state_dict()[key], value, rtol=1e-10, atol=1e-12, err_msg=key)
 
 
 def test_batch_norm_dtype_mismatch_on_device_is_a_clear_error():
