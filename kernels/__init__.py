@@ -848,11 +848,14 @@ def zero_smallest_(x, n):
     n = min(int(n), flat.size)
     if n <= 0:
         return x
-    keys = np.minimum(flat.view(ints) & mask, nan_key)
+    bits = flat.view(ints)
+    keys = np.minimum(bits & mask, nan_key)
     kth = np.partition(keys, n - 1)[n - 1]
-    below = keys < kth
-    flat[below] = 0
-    flat[np.flatnonzero(keys == kth)[:n - np.count_nonzero(below)]] = 0
+    keep = keys >= kth
+    ties = n - (keys.size - np.count_nonzero(keep))  # entries equal to kth that go too
+    # bits * keep zeroes the rest (0 bits: +0.0) without the branches of a masked assignment
+    np.multiply(bits, keep, out=bits, casting="unsafe")
+    bits[np.flatnonzero(keys == kth)[:ties]] = 0
     return x
 
 

@@ -35,6 +35,13 @@ def _maybe_numba_device_array(x):
     return bool(devicearray.is_cuda_ndarray(x))
 
 
+# Verdicts of numba's array types, which hold for every instance (a numba device array type is
+# always one): each training step asks ~140 times, and on a real GPU ``hasattr(x,
+# "__cuda_array_interface__")`` builds the interface dict (pointer, contiguity, dtype string)
+# only to drop it.  Other types (torch: CPU or CUDA per tensor) are asked every time.
+_NUMBA_TYPE_VERDICT = {}
+
+
 def is_device_array(x):
     """True when ``x`` is a CUDA device array (numba, simulator, CuPy, torch CUDA tensor).
 
@@ -44,6 +51,14 @@ def is_device_array(x):
     >>> is_device_array(np.zeros(3))
     False
     """
+    if isinstance(x, np.ndarray):
+        return False
+    verdict = _NUMBA_TYPE_VERDICT.get(type(x))
+    if verdict is not None:
+        return verdict
+    if type(x).__module__.startswith("numba"):
+        verdict = _NUMBA_TYPE_VERDICT[type(x)] = _maybe_numba_device_array(x)
+        return verdict
     return hasattr(x, "__cuda_array_interface__") or _maybe_numba_device_array(x)
 
 

@@ -12,11 +12,23 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def _workers():
+    """pytest-xdist workers for the simulator suite: one per core, up to 4.  The simulator runs
+    every CUDA thread as a Python thread under one GIL, so a single process uses one core; the
+    main pytest process only waits meanwhile."""
+    try:
+        import xdist  # noqa: F401
+    except ImportError:
+        return []
+    n = min(os.cpu_count() or 1, 4)
+    return ["-n", str(n)] if n > 1 else []
+
+
 def test_cuda_suite_passes_in_the_simulator():
     pytest.importorskip("numba.cuda", reason="numba-cuda is not installed (pip install '.[cuda]')")
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/cuda"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *_workers(), "tests/cuda"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
     )
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
