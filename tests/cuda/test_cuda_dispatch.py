@@ -71,3 +71,22 @@ def test_csr_matrix_host_only_methods_refuse_device_arrays(rng):
     copy = wd.copy()
     assert copy.device == "cuda" and copy.data is not wd.data
     np.testing.assert_array_equal(copy.to("cpu").to_dense(), w.to_dense())
+
+
+def test_device_test_caches_numba_types_only():
+    """numba's array types get one verdict per type (asked ~140 times a training step); other
+    numba objects stay host-side, and objects of other libraries are asked every time."""
+    from numba import cuda, typed
+
+    from sparsenet.kernels import device
+
+    d = cuda.to_device(np.zeros(3))
+    assert device.is_device_array(d) and device.is_device_array(d[1:])
+    assert device._NUMBA_TYPE_VERDICT[type(d)] is True
+    assert not device.is_device_array(typed.List([1.0]))  # a numba object, not a device array
+
+    class Foreign:  # a CUDA array of another library, by its interface alone
+        __cuda_array_interface__ = {"shape": (1,), "typestr": "<f4", "data": (0, False), "version": 3}
+
+    assert device.is_device_array(Foreign()) and type(Foreign()) not in device._NUMBA_TYPE_VERDICT
+    assert not device.is_device_array(np.zeros(2))
