@@ -871,6 +871,8 @@ def activity_penalty_grad_(g, h, kind, rho, beta):
     """
     if _on_cuda(g=g, h=h):
         return _gpu().activity_penalty_grad_(g, h, kind, rho, beta)
+    if h.ndim != 2 or g.shape != h.shape:
+        raise ValueError(f"g and h must be (batch, hidden) of one shape; got {g.shape} and {h.shape}")
     n = h.shape[0]
     if kind == "kl":
         m = np.clip(h.mean(axis=0, dtype=np.float64), ACTIVITY_EPS, 1 - ACTIVITY_EPS)

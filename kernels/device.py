@@ -51,7 +51,7 @@ def is_device_array(x):
     >>> is_device_array(np.zeros(3))
     False
     """
-    if isinstance(x, np.ndarray):
+    if type(x) is np.ndarray:  # not isinstance: numba's mapped and managed arrays subclass it
         return False
     verdict = _NUMBA_TYPE_VERDICT.get(type(x))
     if verdict is not None:

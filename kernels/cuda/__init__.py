@@ -867,6 +867,8 @@ def zero_smallest_(x, n):
         _fill(flat, 0.0)
         return x
     sel = _select()
+    if sel.RADIX % sel.SELECT_THREADS or sel.SELECT_THREADS & (sel.SELECT_THREADS - 1):
+        raise RuntimeError("SELECT_THREADS must be a power of two dividing RADIX")  # radix_pick's digit ranges
     keys = flat.view(ints)
     n_blocks = min(math.ceil(flat.size / (sel.SELECT_THREADS * sel.SELECT_ITEMS)), sel.SELECT_MAX_BLOCKS)
     chunk = math.ceil(flat.size / n_blocks)

@@ -187,7 +187,9 @@ def kl_code_grad_add(rho, scale, eps, colsum, g, batch_fastest):
 
     ``1 - m_f`` is clipped below at eps itself rather than computed from the clipped m_f:
     1 - eps is not representable in float32 (it rounds to 1 - 1.19e-7), which would move the
-    saturated units' coefficient by 19% from the host's."""
+    saturated units' coefficient by 19% from the host's.  The clips are comparisons, not
+    min/max: those compile to fmin/fmax, which would turn a NaN mean into a finite eps (the
+    host's np.clip keeps the NaN)."""
     n_b, n_f = g.shape[0], g.shape[1]
     one = g.dtype.type(1)
     r = g.dtype.type(rho)
@@ -196,8 +198,9 @@ def kl_code_grad_add(rho, scale, eps, colsum, g, batch_fastest):
     for idx in range(cuda.grid(1), n_b * n_f, cuda.gridsize(1)):
         b, f = _batch_feature(idx, n_b, n_f, batch_fastest)
         mean = colsum[f] / g.dtype.type(n_b)
-        m = min(max(mean, lo), one - lo)
-        q = max(one - mean, lo)
+        m = lo if mean < lo else (one - lo if mean > one - lo else mean)
+        q = one - mean
+        q = lo if q < lo else q
         g[b, f] += s * (-r / m + (one - r) / q)
 
 

@@ -168,7 +168,7 @@ class SparseAutoencoder(Module):
         return h
 
     def forward(self, x):
-        h = self.code_act(self.encoder(x))
+        h = _check_code(self.code_act(self.encoder(x)))  # (batch, hidden): what the penalty means
         y = self.decoder(h)
         if self.out_act is not None:
             y = self.out_act(y)

@@ -302,13 +302,15 @@ def test_zero_smallest_matches_the_host_bit_for_bit(rng, dtype, case):
 @pytest.mark.parametrize("kind", ["kl", "l1"])
 def test_activity_penalty_gradient_matches_the_host(rng, dtype, kind):
     """g += beta * d penalty / dh on F- and C-ordered operands (units driven to the clip bounds
-    for KL, exact zeros for L1)."""
+    for KL, exact zeros for L1, a NaN)."""
     h = rng.random((7, 5)).astype(dtype)
     h[:, 0] = 0.0  # a dead unit: its mean is clipped to eps
     h[:, 1] = 1.0  # a saturated one: clipped to 1 - eps
     h[2, 2] = 0.0 if kind == "l1" else h[2, 2]
+    h[3, 4] = np.nan  # NaN stays NaN (KL: the whole unit), on a GPU as on the host
     g = rng.standard_normal((7, 5)).astype(dtype)
     expected = K.activity_penalty_grad_(g.copy(), h, kind, 0.1, 0.6)
+    assert np.isnan(expected[:, 4]).sum() == (7 if kind == "kl" else 1)
     for order in ("C", "F"):
         gd = _dev(np.asarray(g, order=order))
         assert K.activity_penalty_grad_(gd, _dev(np.asfortranarray(h)), kind, 0.1, 0.6) is gd

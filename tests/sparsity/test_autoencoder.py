@@ -57,6 +57,13 @@ def test_training_reduces_loss_and_code_is_sparse(rng):
     assert ae.encode(x).mean() < 0.3
 
 
+def test_codes_must_be_batch_by_hidden(rng):
+    ae = SparseAutoencoder(5, 4, density=1.0, rng=0, dtype=np.float64)
+    for shape in ((5,), (2, 3, 5), (0, 5)):
+        with pytest.raises(ValueError, match="code h"):
+            ae(np.zeros(shape))
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="rho"):
         SparseAutoencoder(4, 2, rho=1.0)
