@@ -114,6 +114,16 @@ def _time(fn, cuda, args, gpu_only=False):
     return _timed(fn, clock, args, gpu_only)
 
 
+def _time_ops(ops, row, cuda, args):
+    """row[name], row[name + "_gpu"] = throughput and GPU time of each numba op (a dry run calls
+    each once, untimed)."""
+    for name, fn in ops.items():
+        if args.dry_run:
+            fn()
+        else:
+            row[name], row[name + "_gpu"] = _time(fn, cuda, args, gpu_only=True)
+
+
 def _time_torch(fn, torch, args, gpu_only=False):
     """:func:`_time` for torch ops (torch's events; ``torch.cuda._sleep`` spins, ~2 GHz clock)."""
     import contextlib
@@ -211,12 +221,7 @@ def bench_shape(shape, args, rng):
         "spmm_t": lambda: kc.spmm_t(wd.indptr, wd.indices, wd.data, n_in, d_g),
         "sddmm": lambda: kc.sddmm(wd.indptr, wd.indices, d_g, d_x),
     }
-    for name, fn in ops.items():
-        if args.dry_run:
-            fn()
-            row[name] = None
-        else:
-            row[name], row[name + "_gpu"] = _time(fn, cuda, args, gpu_only=True)
+    _time_ops(ops, row, cuda, args)
 
     if args.dry_run:
         from sparsenet.kernels import reference as ref
@@ -228,12 +233,18 @@ def bench_shape(shape, args, rng):
     return row
 
 
-def bench_torch(w, x, g, args):
+def _torch_cuda():
+    """torch when it is installed with CUDA, else None (its peers are then reported as n/a)."""
     try:
         import torch
     except ImportError:
-        return {}
-    if not torch.cuda.is_available():
+        return None
+    return torch if torch.cuda.is_available() else None
+
+
+def bench_torch(w, x, g, args):
+    torch = _torch_cuda()
+    if torch is None:
         return {}
     dev = torch.device("cuda")
     w_csr = torch.sparse_csr_tensor(
@@ -376,11 +387,8 @@ def bench_overhead(args):
         "numba_alloc": _time(lambda: cuda.device_array(1 << 20, np.float32), cuda, args),
         "spmm_tiny": _time(lambda: kc.spmm(wd.indptr, wd.indices, wd.data, d_x), cuda, args),
     }
-    try:
-        import torch
-    except ImportError:
-        return row
-    if torch.cuda.is_available():
+    torch = _torch_cuda()
+    if torch is not None:
         t = torch.zeros(1024, device="cuda")
         w_csr = torch.from_numpy(w.to_dense()).to("cuda").to_sparse_csr()
         tx_t = torch.from_numpy(x.T.copy()).to("cuda")
@@ -427,11 +435,7 @@ def bench_sparsity(shape, args, rng):
         "group_out": lambda: (restore(), kc.group_soft_threshold_(d_w, out_groups[0], t)),
     }
     row = {"case": f"{shape[0]}x{shape[1]}"}
-    for name, fn in ops.items():
-        if args.dry_run:
-            fn()
-        else:
-            row[name], row[name + "_gpu"] = _time(fn, cuda, args, gpu_only=True)
+    _time_ops(ops, row, cuda, args)
     if args.dry_run:
         restore()
         np.testing.assert_array_equal(kc.to_host(kc.zero_smallest_(d_w, n)), kernels.zero_smallest_(w0.copy(), n))
@@ -443,11 +447,8 @@ def bench_sparsity(shape, args, rng):
 
 
 def _torch_sparsity(w0, n, t, args):
-    try:
-        import torch
-    except ImportError:
-        return {}
-    if not torch.cuda.is_available():
+    torch = _torch_cuda()
+    if torch is None:
         return {}
     tw0 = torch.from_numpy(w0).to("cuda")
     tw = tw0.clone()
@@ -507,11 +508,7 @@ def bench_conv(case, args, rng):
         "sparse_bwd": lambda: kc.sparse_conv2d_backward(d_g, d_x, ws.indptr, ws.indices, ws.data, *sparse_geo),
     }
     row = {"case": f"N={x_shape[0]} {x_shape[1]}->{o} {x_shape[2]}x{x_shape[3]} k{k} s{stride}"}
-    for name, fn in ops.items():
-        if args.dry_run:
-            fn()
-        else:
-            row[name], row[name + "_gpu"] = _time(fn, cuda, args, gpu_only=True)
+    _time_ops(ops, row, cuda, args)
     if args.dry_run:
         from sparsenet.kernels import reference as ref
 
@@ -522,11 +519,8 @@ def bench_conv(case, args, rng):
 
 
 def _torch_conv(x, w, b, g, stride, pad, args):
-    try:
-        import torch
-    except ImportError:
-        return {}
-    if not torch.cuda.is_available():
+    torch = _torch_cuda()
+    if torch is None:
         return {}
     torch.backends.cudnn.benchmark = True
     dev = torch.device("cuda")
