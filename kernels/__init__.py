@@ -111,21 +111,25 @@ def _pack(a, dtype, lanes):
     return out
 
 
-def spmm(indptr, indices, data, x):
-    """Y = X W^T for dense X (B, n_col) and CSR W (n_row, n_col); returns Y (B, n_row).
+def spmm(indptr, indices, data, x, bias=None):
+    """Y = X W^T (+ bias) for dense X (B, n_col) and CSR W (n_row, n_col); returns Y (B, n_row).
 
     Y is returned F-ordered (a transposed view of the feature-major result): the next layer
-    then packs it without a transpose.
+    then packs it without a transpose.  ``bias`` (n_row,), optional: on the GPU the product
+    kernel adds it as it stores Y (one launch and one pass fewer than a separate bias add).
     """
-    if _on_cuda(indptr=indptr, indices=indices, data=data, x=x):
-        return _gpu().spmm(indptr, indices, data, x)
+    if _on_cuda(indptr=indptr, indices=indices, data=data, x=x, bias=bias):
+        return _gpu().spmm(indptr, indices, data, x, bias)
     n_row = indptr.shape[0] - 1
     xp = _pack(x, data.dtype, _lanes(data.dtype, x.shape[0]))
     out_t = np.empty((n_row, x.shape[0]), dtype=data.dtype)
     if xp.shape[0]:
         per_tile = -(-4 * numba.get_num_threads() // xp.shape[0])
         _csr.spmm_tiled(indptr, _unsigned(indices), data, xp, _blocks(n_row, per_tile), out_t)
-    return out_t.T
+    y = out_t.T
+    if bias is not None:
+        y += bias
+    return y
 
 
 def spmm_t(indptr, indices, data, n_col, g):

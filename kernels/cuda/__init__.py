@@ -217,28 +217,36 @@ def _pattern(indptr, indices):
 
 
 # ----------------------------------------------------------------------------- CSR products
-def _launch_spmm(indptr, indices, perm, gather, data, x_t, out_t):
+def _launch_spmm(indptr, indices, perm, gather, data, x_t, out_t, bias=None):
     csr = _csr()
     n_row, batch = out_t.shape
     if n_row == 0 or batch == 0:
         return
     block = (csr.WARP, csr.SPMM_WARPS)  # one warp per row, lanes along the batch
     grid = (math.ceil(n_row / csr.SPMM_WARPS), math.ceil(batch / csr.SPMM_BATCH_TILE))
-    csr.csr_spmm[grid, block](indptr, indices, perm, gather, data, x_t, out_t)
+    has_bias = bias is not None
+    csr.csr_spmm[grid, block](indptr, indices, perm, gather, data, x_t, bias if has_bias else data, has_bias,
+                              out_t)
 
 
-def spmm(indptr, indices, data, x):
-    """Y = X W^T for device X (B, n_col) and device CSR W (n_row, n_col); returns Y (B, n_row).
+def spmm(indptr, indices, data, x, bias=None):
+    """Y = X W^T (+ bias) for device X (B, n_col) and device CSR W (n_row, n_col); returns Y (B, n_row).
 
     Y is an F-ordered view of a (n_row, B) C-contiguous device array, so passing it on to the
-    next sparse layer costs no transpose.
+    next sparse layer costs no transpose.  The bias (n_row,) is added by the product kernel.
     """
     indptr, indices = _pattern(indptr, indices)
     data = as_device_array(data, "data")
     x_t = feature_major(x, "x")
     _same_dtype(data=data, x=x_t)
-    out_t = empty((indptr.shape[0] - 1, x_t.shape[1]), data.dtype)
-    _launch_spmm(indptr, indices, indices, False, data, x_t, out_t)  # perm unused: gather=False
+    n_row = indptr.shape[0] - 1
+    if bias is not None:
+        bias = contiguous(bias, "bias")
+        if tuple(bias.shape) != (n_row,):
+            raise ValueError(f"bias must have shape ({n_row},); got {tuple(bias.shape)}")
+        _same_dtype(data=data, bias=bias)
+    out_t = empty((n_row, x_t.shape[1]), data.dtype)
+    _launch_spmm(indptr, indices, indices, False, data, x_t, out_t, bias)  # perm unused: gather=False
     return _transposed_view(out_t)
 
 
@@ -974,9 +982,12 @@ def cross_entropy(logits, target):
 
 
 def cross_entropy_backward(logits, target, scale):
-    """``scale * (softmax(logits) - onehot(target))``, C-ordered (B, C); scale = grad_out / B."""
+    """``scale * (softmax(logits) - onehot(target))``, F-ordered (B, C); scale = grad_out / B.
+
+    F order: the kernel's lanes (consecutive rows) store to consecutive addresses, and the last
+    sparse layer's backward reads it feature-major without a transpose kernel."""
     logits, target = _logits(logits, target)
-    grad = empty(logits.shape, logits.dtype)
+    grad = _cuda().device_array(logits.shape, dtype=logits.dtype, order="F")
     if logits.shape[0]:
         _ops().cross_entropy_bwd[_grid(logits.shape[0])](logits, target, float(scale), grad)
     return grad

@@ -51,13 +51,16 @@ FILL_MAX_BLOCKS = 4096
 
 
 @cuda.jit
-def csr_spmm(indptr, indices, perm, gather, data, x_t, out_t):
-    """out_t[i, :] = sum_k data[src(k)] * x_t[indices[k], :] over row i's stored entries.
+def csr_spmm(indptr, indices, perm, gather, data, x_t, bias, has_bias, out_t):
+    """out_t[i, :] = sum_k data[src(k)] * x_t[indices[k], :] (+ bias[i]) over row i's stored entries.
 
     ``src(k) = perm[k]`` when ``gather`` else ``k``: with the transposed pattern of W and its
     permutation this computes W^T products without ever materialising W^T's values, so an
     optimizer step on ``data`` needs no re-transpose (see ``spmm_t`` in the wrappers).
-    ``perm`` is not read when ``gather`` is False (pass ``indices``).
+    ``perm`` is not read when ``gather`` is False (pass ``indices``).  With ``has_bias`` the
+    layer's bias (n_row,) is added as each output is stored (the epilogue spares the bias-add
+    kernel a launch and a pass over the output; the sum is the same, acc + bias); without it
+    ``bias`` is not read (pass ``data``).
 
     indptr (n_row+1,) int32|int64, indices (nnz,), data (nnz,), x_t (n_col, B) C-contiguous;
     out_t (n_row, B) is preallocated and overwritten (empty rows give zeros).  O(B * nnz).
@@ -115,6 +118,12 @@ def csr_spmm(indptr, indices, perm, gather, data, x_t, out_t):
             if b3 < batch:
                 acc3 += w * x_t[j, b3]
     if row < n_row:
+        if has_bias:
+            shift = bias[row]
+            acc0 += shift
+            acc1 += shift
+            acc2 += shift
+            acc3 += shift
         if b0 < batch:
             out_t[row, b0] = acc0
         if b1 < batch:

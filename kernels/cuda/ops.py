@@ -315,8 +315,8 @@ def cross_entropy_fwd(logits, target, out):
 def cross_entropy_bwd(logits, target, scale, grad):
     """grad[i, j] = scale * (softmax(logits[i])[j] - [j == target[i]]), scale = grad_out / B.
 
-    A thread per row (classes are few; lanes on consecutive rows read consecutive addresses of
-    an F-ordered logits array).  Out-of-range targets give a NaN row.  grad (B, C).
+    A thread per row (classes are few; lanes on consecutive rows read and write consecutive
+    addresses of F-ordered logits and grad).  Out-of-range targets give a NaN row.  grad (B, C).
     """
     n_b, n_c = logits.shape[0], logits.shape[1]
     s_ = grad.dtype.type(scale)

@@ -91,9 +91,7 @@ def sparse_linear(x, weight, bias=None):
     out_features, in_features = weight.shape
     x2 = _as_batch(x, "x", in_features, weight.dtype, "in_features")
     bias = _check_bias(bias, out_features, weight.dtype)
-    y = kernels.spmm(weight.indptr, weight.indices, weight.data, x2)
-    if bias is not None:
-        kernels.bias_add_(y, bias)
+    y = kernels.spmm(weight.indptr, weight.indices, weight.data, x2, bias)
     return _reshape(y, _shape(x)[:-1] + (out_features,))
 
 

@@ -47,7 +47,7 @@ def test_csr_kernels_compile(compile_ptx, fdt, idt):
     vec, mat = f[::1], f[:, ::1]
     ivec = i[::1]
     sigs = {
-        "csr_spmm": (csr.csr_spmm, (ivec, ivec, ivec, types.boolean, vec, mat, mat)),
+        "csr_spmm": (csr.csr_spmm, (ivec, ivec, ivec, types.boolean, vec, mat, vec, types.boolean, mat)),
         "csr_sddmm": (csr.csr_sddmm, (ivec, ivec, mat, mat, vec)),
         "transpose_2d": (csr.transpose_2d, (f[:, :], mat)),
         "fill": (csr.fill, (vec, types.float64)),
@@ -131,7 +131,7 @@ def test_sparse_conv_and_training_step_kernels_compile(compile_ptx, fdt, idt):
         "copy_2d": (ops.copy_2d, (anym, mat)),
         "copy_4d": (ops.copy_4d, (f[:, :, :, :], t4)),
         "cross_entropy_fwd": (ops.cross_entropy_fwd, (anym, tgt, vec)),
-        "cross_entropy_bwd": (ops.cross_entropy_bwd, (anym, tgt, types.float64, mat)),
+        "cross_entropy_bwd": (ops.cross_entropy_bwd, (anym, tgt, types.float64, f[::1, :])),
         "mse_fwd": (ops.mse_fwd, (vec, vec, vec)),
         "mse_bwd": (ops.mse_bwd, (vec, vec, types.float64, vec)),
         "channel_moments": (ops.channel_moments, (f[:, :, ::1], vec, vec)),

@@ -79,6 +79,10 @@ def test_spmm_spmm_t_sddmm_match_reference_and_cpu(rng, dtype, case):
     assert y.shape == (batch, shape[0]) and y.dtype == dtype
     np.testing.assert_allclose(_host(y), ref.spmm(indptr, indices, data, shape, x), **_tol(dtype))
     np.testing.assert_allclose(_host(y), kernels.spmm(indptr, indices, data, x), **_tol(dtype))
+    bias = rng.standard_normal(shape[0]).astype(dtype)  # added in the product kernel's epilogue
+    yb = kc.spmm(d_indptr, d_indices, d_data, _dev(x), _dev(bias))
+    np.testing.assert_array_equal(_host(yb), _host(y) + bias)  # acc + bias: the separate add's rounding
+    np.testing.assert_allclose(_host(yb), kernels.spmm(indptr, indices, data, x, bias), **_tol(dtype))
 
     gx = kc.spmm_t(d_indptr, d_indices, d_data, shape[1], _dev(g))
     assert gx.shape == (batch, shape[1]) and gx.dtype == dtype
@@ -187,6 +191,13 @@ def test_host_arrays_are_refused_not_copied(rng):
         kc.spmm(*d, np.ones((2, 4), np.float32))
     with pytest.raises(TypeError, match="data must be a CUDA device array"):
         kc.spmm(d[0], d[1], data, _dev(np.ones((2, 4), np.float32)))
+    x = _dev(np.ones((2, 4), np.float32))
+    with pytest.raises(TypeError, match="bias must be a CUDA device array"):
+        kc.spmm(*d, x, np.ones(3, np.float32))
+    with pytest.raises(ValueError, match=r"bias must have shape \(3,\)"):
+        kc.spmm(*d, x, _dev(np.ones(4, np.float32)))
+    with pytest.raises(TypeError, match="one float dtype"):
+        kc.spmm(*d, x, _dev(np.ones(3)))
 
 
 # ----------------------------------------------------------------------------- production geometry

@@ -395,6 +395,7 @@ def test_cross_entropy_and_mse_match_host(rng, dtype, order):
     assert _is_dev(loss) and loss.shape == (1,)
     np.testing.assert_allclose(_host(loss)[0], K.cross_entropy(logits, target), **_tol(dtype))
     grad = K.cross_entropy_backward(_dev(logits), _dev(target), 0.5)
+    assert grad.is_f_contiguous()  # coalesced stores; feature-major for the last layer's backward
     np.testing.assert_allclose(_host(grad), K.cross_entropy_backward(logits, target, 0.5), **_tol(dtype))
     t = _layouts(rng, (9, 4), dtype)["C"]
     np.testing.assert_allclose(_host(K.mse_loss(_dev(logits), _dev(t)))[0], K.mse_loss(logits, t), rtol=1e-5)

@@ -30,6 +30,8 @@ def check_all(indptr, indices, data, shape, x, g, dtype):
     y = K.spmm(indptr, indices, data, x)
     assert y.shape == (x.shape[0], shape[0]) and y.dtype == dtype
     np.testing.assert_allclose(y, ref.spmm(indptr, indices, data, shape, x), **tol)
+    bias = np.linspace(-1, 1, shape[0]).astype(dtype)
+    np.testing.assert_array_equal(K.spmm(indptr, indices, data, x, bias), y + bias)
     gx = K.spmm_t(indptr, indices, data, shape[1], g)
     assert gx.shape == x.shape and gx.dtype == dtype
     np.testing.assert_allclose(gx, ref.spmm_t(indptr, indices, data, shape, g), **tol)
