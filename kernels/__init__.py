@@ -911,12 +911,16 @@ def channel_sum(g):
     return g.sum(axis=(0, 2, 3))
 
 
-def matmul(a, b, *, transpose_a=False, transpose_b=False):
-    """``op(a) @ op(b)`` for 2-D arrays, op = transpose where asked (a view, never a copy)."""
-    if _on_cuda(a=a, b=b):
+def matmul(a, b, *, transpose_a=False, transpose_b=False, bias=None):
+    """``op(a) @ op(b)`` (+ bias along the columns) for 2-D arrays, op = transpose where asked (a
+    view, never a copy); on the GPU the product kernel adds the bias as it stores."""
+    if _on_cuda(a=a, b=b, bias=bias):
         kc = _gpu()
-        return kc.matmul(kc.transpose(a) if transpose_a else a, kc.transpose(b) if transpose_b else b)
-    return (a.T if transpose_a else a) @ (b.T if transpose_b else b)
+        return kc.matmul(kc.transpose(a) if transpose_a else a, kc.transpose(b) if transpose_b else b, bias)
+    out = (a.T if transpose_a else a) @ (b.T if transpose_b else b)
+    if bias is not None:
+        out += bias
+    return out
 
 
 ACTIVATIONS = {"relu": 0, "leaky_relu": 1, "tanh": 2, "sigmoid": 3}  # codes of kernels/cuda/ops.py

@@ -938,22 +938,30 @@ def batch_sum(g):
     return out
 
 
-def matmul(a, b):
-    """a @ b for 2-D device arrays of any strides (pass transposes as :func:`transpose` views, not
-    ``DeviceNDArray.T``, which copies); C-ordered result."""
+def matmul(a, b, bias=None):
+    """a @ b (+ bias (N,), added by the kernel as it stores) for 2-D device arrays of any strides
+    (pass transposes as :func:`transpose` views, not ``DeviceNDArray.T``, which copies);
+    C-ordered result."""
     ops = _ops()
     a, b = as_device_array(a, "a"), as_device_array(b, "b")
     _same_dtype(a=a, b=b)
     if a.shape[1] != b.shape[0]:
         raise ValueError(f"matmul: inner dimensions differ: {tuple(a.shape)} @ {tuple(b.shape)}")
+    if bias is not None:
+        bias = contiguous(bias, "bias")
+        if tuple(bias.shape) != (b.shape[1],):
+            raise ValueError(f"bias must have shape ({b.shape[1]},); got {tuple(bias.shape)}")
+        _same_dtype(a=a, bias=bias)
     out = empty((a.shape[0], b.shape[1]), a.dtype)
     if out.size == 0:
         return out
     if a.shape[1] == 0:
-        return zeros(out.shape, out.dtype)
+        out = zeros(out.shape, out.dtype)
+        return out if bias is None else bias_add_(out, bias)
     # Row tiles (the batch, possibly large) on grid x, whose limit is 2**31 - 1 (y's is 65,535).
     grid = (math.ceil(out.shape[0] / ops.MM_TILE), math.ceil(out.shape[1] / ops.MM_TILE))
-    ops.matmul[grid, (ops.MM_TILE, ops.MM_TILE)](a, b, out)
+    has_bias = bias is not None
+    ops.matmul[grid, (ops.MM_TILE, ops.MM_TILE)](a, b, bias if has_bias else out.reshape(out.size), has_bias, out)
     return out
 
 

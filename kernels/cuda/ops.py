@@ -234,8 +234,9 @@ def batch_sum(g, out):
 
 
 @cuda.jit
-def matmul(a, b, out):
-    """out = a @ b for a (M, K), b (K, N) of any strides (transposes are views); out (M, N).
+def matmul(a, b, bias, has_bias, out):
+    """out = a @ b (+ bias) for a (M, K), b (K, N) of any strides (transposes are views); out
+    (M, N); with ``has_bias`` bias (N,) is added as out is stored (else not read).
 
     Classic shared-memory tiling: each block stages an MM_TILE x MM_TILE tile of a and of b per
     step of K, so each global element is read M/MM_TILE (or N/MM_TILE) times instead of K times.
@@ -260,7 +261,7 @@ def matmul(a, b, out):
             acc += ta[ty, kk] * tb[kk, tx]
         cuda.syncthreads()
     if i < n_m and j < n_n:
-        out[i, j] = acc
+        out[i, j] = acc + bias[j] if has_bias else acc
 
 
 @cuda.jit

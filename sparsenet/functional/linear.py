@@ -142,9 +142,7 @@ def linear(x, weight, bias=None):
     out_features, in_features = weight.shape
     x2 = _as_batch(x, "x", in_features, weight.dtype, "in_features")
     bias = _check_bias(bias, out_features, weight.dtype)
-    y = kernels.matmul(x2, weight, transpose_b=True)
-    if bias is not None:
-        kernels.bias_add_(y, bias)
+    y = kernels.matmul(x2, weight, transpose_b=True, bias=bias)
     return _reshape(y, _shape(x)[:-1] + (out_features,))
 
 

@@ -127,7 +127,7 @@ def test_sparse_conv_and_training_step_kernels_compile(compile_ptx, fdt, idt):
         "kl_code_grad_add": (ops.kl_code_grad_add, (types.float64,) * 3 + (vec, anym, types.boolean)),
         "l1_code_grad_add": (ops.l1_code_grad_add, (types.float64, anym, anym, types.boolean)),
         "batch_sum": (ops.batch_sum, (anym, vec)),
-        "matmul": (ops.matmul, (anym, anym, mat)),
+        "matmul": (ops.matmul, (anym, anym, vec, types.boolean, mat)),
         "copy_2d": (ops.copy_2d, (anym, mat)),
         "copy_4d": (ops.copy_4d, (f[:, :, :, :], t4)),
         "cross_entropy_fwd": (ops.cross_entropy_fwd, (anym, tgt, vec)),

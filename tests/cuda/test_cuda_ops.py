@@ -346,6 +346,11 @@ def test_matmul_matches_numpy(rng, dtype, shapes, ta, tb):
     out = K.matmul(_dev(a), _dev(b), transpose_a=ta, transpose_b=tb)
     assert _is_dev(out) and out.shape == (m, n)
     np.testing.assert_allclose(_host(out), K.matmul(a, b, transpose_a=ta, transpose_b=tb), **_tol(dtype))
+    bias = rng.standard_normal(n).astype(dtype)  # a dense layer's bias, added as the kernel stores
+    out_b = K.matmul(_dev(a), _dev(b), transpose_a=ta, transpose_b=tb, bias=_dev(bias))
+    np.testing.assert_array_equal(_host(out_b), _host(out) + bias)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        K.matmul(_dev(a), _dev(b), transpose_a=ta, transpose_b=tb, bias=_dev(np.ones(n + 1, dtype)))
 
 
 @settings(max_examples=15, deadline=None)
