@@ -60,6 +60,14 @@ def to_host(a):
     return np.asarray(a)
 
 
+def take(a, idx):
+    """Rows ``a[idx]`` (a new array on a's device); on the device ``idx`` must be a device int
+    array in range (it is not read back to check)."""
+    if _on_cuda(a=a, idx=idx):
+        return _gpu().take(a, idx)
+    return a[idx]
+
+
 def zeros_like(a):
     """Zeros of ``a``'s shape and dtype, C-ordered, on ``a``'s device."""
     if _device.is_device_array(a):

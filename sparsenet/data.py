@@ -300,16 +300,17 @@ class DataLoader:
         n = self.x.shape[0]
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def epoch_order(self):
+        """The sample order of the next pass, drawn from ``rng`` as iterating draws it (None: the
+        stored order, when not shuffling).  Batch i is ``order[i * batch_size:(i + 1) * batch_size]``."""
+        return self.rng.permutation(self.x.shape[0]) if self.shuffle else None
+
     def __iter__(self):
-        n = self.x.shape[0]
-        order = self.rng.permutation(n) if self.shuffle else None
+        order = self.epoch_order()
         for i in range(len(self)):
-            if order is None:
-                sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-                yield self.x[sl], self.y[sl]
-            else:
-                idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-                yield self.x[idx], self.y[idx]
+            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            idx = sl if order is None else order[sl]
+            yield self.x[idx], self.y[idx]
 
     @property
     def n_samples(self):

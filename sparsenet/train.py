@@ -269,6 +269,52 @@ def _upload_target(device, target, output):
     return kernels.to_device(target)
 
 
+RESIDENT_MAX_BYTES = 1 << 30  # training sets up to 1 GiB stay on the GPU for the whole fit
+
+
+class _Resident:
+    """A DataLoader's arrays on the GPU for a whole run.
+
+    A batch is a device view (stored order) or gathered by one kernel from the epoch's order,
+    which goes up once per epoch; the targets go up whole at the first batch, checked and typed
+    as :func:`_upload_target` does per batch.  So a step uploads nothing: an upload from pageable
+    host memory first waits for the device's queued kernels, and one per batch kept the host
+    from running ahead of the GPU.  Batches are those of ``DataLoader.__iter__`` (same order,
+    same draws from its generator).
+    """
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.x = kernels.to_device(loader.x)
+        self.y = None
+
+    @staticmethod
+    def fits(loader, device):
+        """Whether a run on ``device`` keeps ``loader``'s data on the GPU: a plain DataLoader (a
+        subclass may change what a batch is) of at most RESIDENT_MAX_BYTES."""
+        return (device == "cuda" and type(loader).__iter__ is DataLoader.__iter__
+                and type(loader).epoch_order is DataLoader.epoch_order
+                and loader.x.nbytes + loader.y.nbytes <= RESIDENT_MAX_BYTES)
+
+    def batches(self):
+        """(x batch on the device, y batch on the host, where the batch's targets are) per batch."""
+        loader = self.loader
+        order = loader.epoch_order()
+        order_d = None if order is None else kernels.to_device(order)
+        for i in range(len(loader)):
+            sl = slice(i * loader.batch_size, (i + 1) * loader.batch_size)
+            if order is None:
+                yield self.x[sl], loader.y[sl], sl
+            else:
+                where = order_d[sl]
+                yield kernels.take(self.x, where), loader.y[order[sl]], where
+
+    def targets(self, where, output):
+        if self.y is None:
+            self.y = _upload_target("cuda", self.loader.y, output)
+        return self.y[where] if isinstance(where, slice) else kernels.take(self.y, where)
+
+
 def evaluate(model, data, loss=None, *, batch_size=1000):
     """Loss and accuracy of ``model`` on ``data`` in eval mode (no gradients, no parameter change).
 
@@ -382,16 +428,18 @@ class Trainer:
         self._move_optimizer(self.device)  # state left on another device by an earlier run
         self.model.train()
         self._call("on_train_begin")
+        resident = _Resident(self.train_loader) if _Resident.fits(self.train_loader, self.device) else None
         for epoch in range(self.initial_epoch, self.epochs):
             self.epoch = epoch
             self._call("on_epoch_begin", epoch)
             t0 = time.perf_counter()
             bar = self._bar(len(self.train_loader), epoch)
             meter = _Meter(self.device)
-            for i, (xb, yb) in enumerate(self.train_loader):
+            batches = resident.batches() if resident else ((xb, yb, None) for xb, yb in self.train_loader)
+            for i, (xb, yb, where) in enumerate(batches):
                 self.optimizer.zero_grad()
-                out = self.model(_to(self.device, xb))
-                yd = _upload_target(self.device, yb, out)
+                out = self.model(xb if resident else _to(self.device, xb))
+                yd = resident.targets(where, out) if resident else _upload_target(self.device, yb, out)
                 loss = self.loss(out, yd)
                 value = meter.add(loss, out, yb, yd)  # None on the GPU: not read back per batch
                 if value is not None and not math.isfinite(value):

@@ -717,6 +717,19 @@ def _copy_into(src, dst):
     return dst
 
 
+def take(a, idx):
+    """``a[idx]`` for a C-contiguous device array ``a`` (n, ...) and device int ``idx`` (B,) in
+    [0, n): a new C-contiguous (B, ...) array, gathered by one kernel."""
+    a, idx = as_device_array(a, "a"), as_device_array(idx, "idx")
+    if _order(a) != "C" or a.ndim == 0:
+        raise ValueError(f"take gathers rows of a C-contiguous array; got shape {a.shape}, strides {a.strides}")
+    out = empty((idx.shape[0],) + tuple(a.shape[1:]), a.dtype)
+    if out.size:
+        width = out.size // idx.shape[0]
+        _ops().take_rows[_grid(out.size)](a.reshape(a.shape[0], width), idx, out.reshape(idx.shape[0], width))
+    return out
+
+
 def contiguous(a, name="array"):
     """A C-contiguous device array with ``a``'s values: ``a`` itself when it already is."""
     a = as_device_array(a, name)
@@ -1113,7 +1126,7 @@ def accumulate_metrics(acc, loss, batch, logits=None, target=None):
 
 
 __all__ += [
-    "contiguous", "copy", "activation", "activation_backward", "scaled_mul", "add_", "mul_", "soft_threshold_",
+    "contiguous", "copy", "take", "activation", "activation_backward", "scaled_mul", "add_", "mul_", "soft_threshold_",
     "hard_threshold_", "group_soft_threshold_", "zero_smallest_", "activity_penalty_grad_", "bias_add_",
     "batch_sum", "matmul", "transpose", "cross_entropy", "cross_entropy_backward", "mse_loss",
     "mse_loss_backward", "metrics_accumulator", "accumulate_metrics", "channel_moments",

@@ -274,6 +274,18 @@ def copy_2d(a, out):
 
 
 @cuda.jit
+def take_rows(src, idx, out):
+    """out[b, :] = src[idx[b], :] (a shuffled mini-batch gathered from a device-resident data
+    set).  src (n, F), out (B, F) C-contiguous, idx (B,) in [0, n) (not checked: the trainer's
+    own permutation).  Features fastest: each row is read and written coalesced."""
+    n_b, n_f = out.shape[0], out.shape[1]
+    for t in range(cuda.grid(1), n_b * n_f, cuda.gridsize(1)):
+        b = t // n_f
+        f = t - b * n_f
+        out[b, f] = src[idx[b], f]
+
+
+@cuda.jit
 def copy_4d(a, out):
     """out[...] = a[...] for 4-D arrays; a of any strides, out C-contiguous."""
     n1, n2, n3 = out.shape[1], out.shape[2], out.shape[3]

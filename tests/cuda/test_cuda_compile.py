@@ -129,6 +129,7 @@ def test_sparse_conv_and_training_step_kernels_compile(compile_ptx, fdt, idt):
         "batch_sum": (ops.batch_sum, (anym, vec)),
         "matmul": (ops.matmul, (anym, anym, vec, types.boolean, mat)),
         "copy_2d": (ops.copy_2d, (anym, mat)),
+        "take_rows": (ops.take_rows, (mat, types.int64[::1], mat)),
         "copy_4d": (ops.copy_4d, (f[:, :, :, :], t4)),
         "cross_entropy_fwd": (ops.cross_entropy_fwd, (anym, tgt, vec)),
         "cross_entropy_bwd": (ops.cross_entropy_bwd, (anym, tgt, types.float64, f[::1, :])),

@@ -322,6 +322,19 @@ def test_activity_penalty_gradient_matches_the_host(rng, dtype, kind):
         K.activity_penalty_grad_(_dev(g), _dev(h[:, :3].copy()), kind, 0.1, 0.6)
 
 
+@pytest.mark.parametrize("shape", [(9,), (9, 5), (9, 2, 3, 2)])
+def test_take_gathers_rows_like_numpy(rng, shape):
+    a = rng.standard_normal(shape)
+    idx = np.array([8, 0, 3, 3, 7, 1, 2, 5, 4, 6, 0])  # repeats, more rows than the grid has threads
+    got = K.take(_dev(a), _dev(idx))
+    assert _is_dev(got) and got.shape == (11,) + shape[1:]
+    np.testing.assert_array_equal(_host(got), K.take(a, idx))
+    assert K.take(_dev(a), _dev(idx[:0])).shape == (0,) + shape[1:]
+    if len(shape) > 1:
+        with pytest.raises(ValueError, match="C-contiguous"):
+            K.take(_dev(np.asfortranarray(a)), _dev(idx))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_hard_threshold_and_mul_in_place_match_the_host(rng, dtype):
     x = rng.standard_normal((4, 5)).astype(dtype)

@@ -230,6 +230,38 @@ def test_fit_on_device_reproduces_fit_on_host(rng):
     assert train.evaluate(m_gpu, (x, y)) == pytest.approx(train.evaluate(m_cpu, (x, y)), rel=1e-10)
 
 
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_fit_on_device_uploads_the_data_once_not_per_batch(rng, monkeypatch, shuffle):
+    """The training set stays on the GPU: x once, the targets once, the shuffled order once per
+    epoch; batches are device views or gathered on the device.  A DataLoader subclass that
+    changes what a batch is keeps the per-batch path, and both give the CPU's training."""
+    from sparsenet import data, kernels
+
+    uploads = []
+    to_device = kernels.to_device
+    monkeypatch.setattr(kernels, "to_device", lambda a, device="cuda": uploads.append(np.shape(a)) or
+                        to_device(a, device))
+    x, y = _problem(rng)  # 40 samples: 3 batches of 16 per epoch
+    losses = {}
+    for name, loader_cls in (("resident", data.DataLoader), ("per-batch", type("MyLoader", (data.DataLoader,), {
+            "__iter__": lambda self: data.DataLoader.__iter__(self)}))):
+        model = _sparse_model().to("cuda")  # no dropout: its host-drawn masks go up per batch
+        uploads.clear()
+        hist = train.fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1),
+                         loader_cls(x, y, batch_size=16, shuffle=shuffle, rng=0), epochs=2, progress=False,
+                         device="cuda")
+        losses[name] = hist["loss"]
+        if name == "resident":
+            assert sorted(uploads) == sorted([x.shape, y.shape] + [(40,)] * (2 if shuffle else 0))
+        else:
+            assert len(uploads) == 2 * 3 * 2  # x and y of every batch
+    cpu = _sparse_model()
+    hist = train.fit(cpu, nn.CrossEntropyLoss(), optim.SGD(cpu.parameters(), lr=0.1),
+                     data.DataLoader(x, y, batch_size=16, shuffle=shuffle, rng=0), epochs=2, progress=False)
+    np.testing.assert_allclose(losses["resident"], hist["loss"], rtol=1e-10)
+    np.testing.assert_allclose(losses["per-batch"], hist["loss"], rtol=1e-10)
+
+
 def test_fit_on_device_regression_and_checkpoint(rng, tmp_path):
     x = rng.standard_normal((24, 4))
     t = x @ rng.standard_normal((4, 2))
