@@ -1,4 +1,5 @@
-"""Boundary checks shared by the public API: cheap, with messages that say what to do."""
+"""Boundary checks shared by the public API: cheap, with messages that say what to do; and
+:func:`runs_own`, which tells whether a subclass overrode what a class promises about itself."""
 import numbers
 
 import numpy as np
@@ -43,3 +44,10 @@ def as_float_array(a, name, dtype=None):
             f"(e.g. {name}.astype(np.{dtype}))"
         )
     return arr
+
+
+def runs_own(obj, cls, *names):
+    """True when ``obj``'s class still uses ``cls``'s own methods ``names`` (no subclass has
+    overridden them): only then do ``cls``'s claims about what those methods do hold, e.g. that
+    a hook runs on the weights' device."""
+    return all(getattr(type(obj), n, None) is getattr(cls, n, None) for n in names)

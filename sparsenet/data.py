@@ -305,10 +305,14 @@ class DataLoader:
         stored order, when not shuffling).  Batch i is ``order[i * batch_size:(i + 1) * batch_size]``."""
         return self.rng.permutation(self.x.shape[0]) if self.shuffle else None
 
+    def batch_slices(self):
+        """The slice of the epoch's order (or of the stored order) that makes each batch."""
+        for i in range(len(self)):
+            yield slice(i * self.batch_size, (i + 1) * self.batch_size)
+
     def __iter__(self):
         order = self.epoch_order()
-        for i in range(len(self)):
-            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        for sl in self.batch_slices():
             idx = sl if order is None else order[sl]
             yield self.x[idx], self.y[idx]
 

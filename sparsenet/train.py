@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from . import kernels
-from ._validation import check_random_state
+from ._validation import check_random_state, runs_own
 from .data import DataLoader
 from .kernels.device import DEVICES
 from .nn.module import Module
@@ -292,8 +292,7 @@ class _Resident:
     def fits(loader, device):
         """Whether a run on ``device`` keeps ``loader``'s data on the GPU: a plain DataLoader (a
         subclass may change what a batch is) of at most RESIDENT_MAX_BYTES."""
-        return (device == "cuda" and type(loader).__iter__ is DataLoader.__iter__
-                and type(loader).epoch_order is DataLoader.epoch_order
+        return (device == "cuda" and runs_own(loader, DataLoader, "__iter__", "epoch_order", "batch_slices")
                 and loader.x.nbytes + loader.y.nbytes <= RESIDENT_MAX_BYTES)
 
     def batches(self):
@@ -301,8 +300,7 @@ class _Resident:
         loader = self.loader
         order = loader.epoch_order()
         order_d = None if order is None else kernels.to_device(order)
-        for i in range(len(loader)):
-            sl = slice(i * loader.batch_size, (i + 1) * loader.batch_size)
+        for sl in loader.batch_slices():
             if order is None:
                 yield self.x[sl], loader.y[sl], sl
             else:

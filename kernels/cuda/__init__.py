@@ -217,6 +217,19 @@ def _pattern(indptr, indices):
 
 
 # ----------------------------------------------------------------------------- CSR products
+def _epilogue_bias(bias, n, dtype):
+    """A layer's bias (n,) as the product kernels add it when they store (contiguous, of the
+    operands' dtype), or None."""
+    if bias is None:
+        return None
+    bias = contiguous(bias, "bias")
+    if tuple(bias.shape) != (n,):
+        raise ValueError(f"bias must have shape ({n},); got {tuple(bias.shape)}")
+    if bias.dtype != dtype:
+        raise TypeError(f"CUDA kernels need one float dtype for all operands; got operands {dtype}, bias {bias.dtype}")
+    return bias
+
+
 def _launch_spmm(indptr, indices, perm, gather, data, x_t, out_t, bias=None):
     csr = _csr()
     n_row, batch = out_t.shape
@@ -240,11 +253,7 @@ def spmm(indptr, indices, data, x, bias=None):
     x_t = feature_major(x, "x")
     _same_dtype(data=data, x=x_t)
     n_row = indptr.shape[0] - 1
-    if bias is not None:
-        bias = contiguous(bias, "bias")
-        if tuple(bias.shape) != (n_row,):
-            raise ValueError(f"bias must have shape ({n_row},); got {tuple(bias.shape)}")
-        _same_dtype(data=data, bias=bias)
+    bias = _epilogue_bias(bias, n_row, data.dtype)
     out_t = empty((n_row, x_t.shape[1]), data.dtype)
     _launch_spmm(indptr, indices, indices, False, data, x_t, out_t, bias)  # perm unused: gather=False
     return _transposed_view(out_t)
@@ -960,11 +969,7 @@ def matmul(a, b, bias=None):
     _same_dtype(a=a, b=b)
     if a.shape[1] != b.shape[0]:
         raise ValueError(f"matmul: inner dimensions differ: {tuple(a.shape)} @ {tuple(b.shape)}")
-    if bias is not None:
-        bias = contiguous(bias, "bias")
-        if tuple(bias.shape) != (b.shape[1],):
-            raise ValueError(f"bias must have shape ({b.shape[1]},); got {tuple(bias.shape)}")
-        _same_dtype(a=a, bias=bias)
+    bias = _epilogue_bias(bias, b.shape[1], a.dtype)
     out = empty((a.shape[0], b.shape[1]), a.dtype)
     if out.size == 0:
         return out

@@ -372,10 +372,3 @@ def magnitude_drop_mask(data, n_drop):
 def pattern_view(indptr, indices, shape):
     """A lightweight CSR (values unused) for pattern-only helpers."""
     return CSRMatrix(np.zeros(indices.shape[0], np.float32), indices, indptr, shape, check=False)
-
-
-def runs_own(obj, cls, *names):
-    """True when ``obj``'s class still uses ``cls``'s own methods ``names`` (no subclass has
-    overridden them): only then do ``cls``'s claims about what those methods do hold, e.g. that
-    a hook runs on the weights' device."""
-    return all(getattr(type(obj), n, None) is getattr(cls, n, None) for n in names)

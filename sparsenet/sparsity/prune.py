@@ -19,8 +19,9 @@ from ..nn.conv import Conv2d, SparseConv2d
 from ..nn.linear import Linear, SparseLinear
 from ..nn.module import Parameter
 from ..train import Callback
+from .._validation import runs_own
 from ._topology import (check_fraction, check_model, check_positive_int, filter_pattern,
-                        resolve_layers, runs_own, swap_parameter, weight_layers)
+                        resolve_layers, swap_parameter, weight_layers)
 
 __all__ = ["cubic_sparsity", "MagnitudePruner", "GradualMagnitudePruner", "magnitude_prune",
            "structured_prune", "GradualStructuredPruner", "to_sparse", "snip_scores", "saliency_scores",

@@ -14,7 +14,8 @@ import numpy as np
 
 from .. import kernels
 from ..train import Callback
-from ._topology import check_fraction, check_model, check_nonneg, lr_of, resolve_layers, runs_own
+from .._validation import runs_own
+from ._topology import check_fraction, check_model, check_nonneg, lr_of, resolve_layers
 
 __all__ = ["soft_threshold", "group_soft_threshold", "L1Prox", "GroupLassoProx", "HardThreshold"]
 
