@@ -368,6 +368,8 @@ def sddmm(indptr, indices, g, x):
     g_t = feature_major(g, "g")
     x_t = feature_major(x, "x")
     _same_dtype(g=g_t, x=x_t)
+    if g_t.shape[1] >= 2**31:  # the kernel counts the batch in 32 bits
+        raise ValueError(f"sddmm on the GPU takes a batch below 2**31; got {g_t.shape[1]}")
     out = empty((indices.shape[0],), g_t.dtype)
     n_row = indptr.shape[0] - 1
     if indices.shape[0] == 0:

@@ -36,6 +36,20 @@ def _f64_ops(ptx):
     return re.findall(r"\b(?:add|sub|mul|fma\.rn|div\.rn|sqrt\.rn)\.f64\b", ptx)
 
 
+def _loads_per_block(ptx, fdt):
+    """The most global float loads in one PTX basic block: 1 means every load sits behind its own
+    branch (a bounds check), and a lane waits out each load's latency before issuing the next."""
+    most, run = 0, 0
+    for line in ptx.splitlines():
+        line = line.strip()
+        if re.match(r"^\$L__BB\d+_\d+:", line) or re.search(r"\bbra(\.uni)?\b", line):
+            run = 0
+        elif re.match(rf"ld\.global(\.nc)?\.{fdt[0]}{fdt[-2:]}\b", line):
+            run += 1
+            most = max(most, run)
+    return most
+
+
 @pytest.mark.parametrize("fdt,idt", [("float32", "int32"), ("float64", "int64"), ("float32", "int64")])
 def test_csr_kernels_compile(compile_ptx, fdt, idt):
     from numba import types
@@ -52,10 +66,15 @@ def test_csr_kernels_compile(compile_ptx, fdt, idt):
         "transpose_2d": (csr.transpose_2d, (f[:, :], mat)),
         "fill": (csr.fill, (vec, types.float64)),
     }
+    # The product kernels' inner loops issue an entry's dense loads back to back (no per-load
+    # bounds check): four per SpMM entry, five (one g, four x) per SDDMM batch step.
+    unguarded = {"csr_spmm": 4, "csr_sddmm": 5}
     for name, (fn, sig) in sigs.items():
         ptx = compile_ptx(fn, sig)
         if fdt == "float32" and name != "fill":
             assert not _f64_ops(ptx), f"{name} does float64 arithmetic in its float32 variant: {_f64_ops(ptx)[:5]}"
+        if name in unguarded:
+            assert _loads_per_block(ptx, fdt) >= unguarded[name], f"{name}'s inner-loop loads are guarded one by one"
 
 
 @pytest.mark.parametrize("fdt", ["float32", "float64"])

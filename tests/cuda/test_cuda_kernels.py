@@ -54,12 +54,16 @@ def _on_device(data, indices, indptr):
 
 
 # Cases: (shape, density, batch, empty rows).  Batch 1; batch below, at and above the batch
-# tile (16 in the small geometry); rows not a multiple of the warps per block; empty rows
-# first, inside and last; a row longer than a staging chunk; an all-empty matrix.
+# tile (16 in the small geometry: from the tile up, the SpMM's last tile is shifted left to
+# end at the batch and stores only its own columns); rows not a multiple of the warps per
+# block; empty rows first, inside and last; a row longer than a staging chunk; an all-empty
+# matrix.
 CASES = [
     ((5, 7), 0.5, 1, ()),
     ((7, 9), 0.4, 5, (0, 3, 6)),
     ((3, 11), 0.9, 17, (1,)),
+    ((6, 13), 0.5, 16, (2,)),
+    ((5, 9), 0.6, 35, ()),
     ((4, 6), 0.0, 3, ()),
     ((2, 40), 0.6, 4, ()),
 ]
@@ -219,6 +223,9 @@ def test_production_geometry(rng, monkeypatch, dtype):
     np.testing.assert_allclose(_host(kc.spmm(*d, _dev(x))), ref.spmm(indptr, indices, data, shape, x), **_tol(dtype))
     np.testing.assert_allclose(_host(kc.sddmm(d[0], d[1], _dev(g), _dev(x))),
                                ref.sddmm(indptr, indices, shape, g, x), **_tol(dtype))
+    # A batch over the 128-column tile: a full tile, then one shifted left to end at the batch.
+    x = rng.standard_normal((130, 35)).astype(dtype)
+    np.testing.assert_allclose(_host(kc.spmm(*d, _dev(x))), ref.spmm(indptr, indices, data, shape, x), **_tol(dtype))
 
 
 # ----------------------------------------------------------------------------- optimizers
