@@ -32,7 +32,7 @@ conv2d_grad_weight    (RED_THREADS,)        (O * C/groups * KH * KW,)
 channel_sum           (RED_THREADS,)        (O,)
 ====================  ====================  ==============================================
 """
-from numba import cuda
+from numba import cuda, int32, int64, uint32, uint64
 
 from .block import block_sum, unravel4
 
@@ -41,6 +41,7 @@ CONV_TY = 8
 CONV_WSTAGE = 2048  # weights staged per chunk: 8 KiB float32 / 16 KiB float64
 CONV_OB = 4  # output channels per forward thread; conv2d_fwd keeps exactly four accumulators
 RED_THREADS = 256  # power of two: the tree reduction halves it
+SPARSE_STAGE = 256  # weight-sparse filter taps decoded into shared memory per chunk
 
 
 @cuda.jit
@@ -81,6 +82,7 @@ def conv2d_fwd(x, weight, bias, sh, sw, ph, pw, dh, dw, out):
     taps = kh * kw
     per_chunk = CONV_WSTAGE // (taps * CONV_OB)  # >= 1: the wrapper checks taps * CONV_OB <= CONV_WSTAGE
     tid = cuda.threadIdx.y * CONV_TX + cuda.threadIdx.x
+    x_n = x[uint32(n)]
     zero = out.dtype.type(0)
     acc0 = zero
     acc1 = zero
@@ -101,19 +103,20 @@ def conv2d_fwd(x, weight, bias, sh, sw, ph, pw, dh, dw, out):
         cuda.syncthreads()
         if inside:
             for cc in range(cn):
-                c = c_first + c0 + cc
-                for p in range(kh):
+                x_c = x_n[uint32(c_first + c0 + cc)]  # views and unsigned indices: the address
+                for p in range(kh):                # work of a tap is one add, not a 4-D product
                     a = r * sh - ph + p * dh
                     if a >= 0 and a < h:
+                        x_row = x_c[uint32(a)]
                         for q in range(kw):
                             b = j * sw - pw + q * dw
                             if b >= 0 and b < w:
-                                xv = x[n, c, a, b]
-                                s = ((cc * kh + p) * kw + q) * CONV_OB
+                                xv = x_row[uint32(b)]
+                                s = uint32(((cc * kh + p) * kw + q) * CONV_OB)
                                 acc0 += stage[s] * xv
-                                acc1 += stage[s + 1] * xv
-                                acc2 += stage[s + 2] * xv
-                                acc3 += stage[s + 3] * xv
+                                acc1 += stage[s + uint32(1)] * xv
+                                acc2 += stage[s + uint32(2)] * xv
+                                acc3 += stage[s + uint32(3)] * xv
     if inside:
         out[n, o0, r, j] = acc0 + bias[o0]
         if n_ob > 1:
@@ -152,9 +155,13 @@ def conv2d_grad_input(g, weight, sh, sw, ph, pw, dh, dw, gx):
     taps = kh * kw
     per_chunk = CONV_WSTAGE // taps
     tid = cuda.threadIdx.y * CONV_TX + cuda.threadIdx.x
+    gn = g[uint32(n)]
+    ush = uint32(sh)
+    usw = uint32(sw)
+    utaps = uint32(taps)
     acc = gx.dtype.type(0)
     for o0 in range(0, o_g, per_chunk):
-        on = min(per_chunk, o_g - o0)
+        on = uint32(min(per_chunk, o_g - o0))
         cuda.syncthreads()
         for t in range(tid, on * taps, CONV_TX * CONV_TY):
             oo = t // taps
@@ -162,17 +169,29 @@ def conv2d_grad_input(g, weight, sh, sw, ph, pw, dh, dw, gx):
             stage[t] = weight[grp * o_g + o0 + oo, ci, pq // kw, pq - (pq // kw) * kw]
         cuda.syncthreads()
         if inside:
-            for oo in range(on):
-                o = grp * o_g + o0 + oo
-                for p in range(kh):
-                    tr = a + ph - p * dh
-                    r = tr // sh
-                    if tr >= 0 and r * sh == tr and r < out_h:
-                        for q in range(kw):
-                            tj = b + pw - q * dw
-                            jj = tj // sw
-                            if tj >= 0 and jj * sw == tj and jj < out_w:
-                                acc += stage[oo * taps + p * kw + q] * g[n, o, r, jj]
+            # Taps outside, filters inside: a tap's two divisions (and its padding test) serve
+            # every filter of the chunk, and the inner loop is a load, a broadcast and an FMA.
+            for p in range(kh):
+                tr = a + ph - p * dh
+                if tr < 0:
+                    continue
+                r = uint32(tr) // ush  # 32-bit unsigned: a fraction of a 64-bit division's cost
+                if r * ush != uint32(tr) or r >= out_h:
+                    continue
+                for q in range(kw):
+                    tj = b + pw - q * dw
+                    if tj < 0:
+                        continue
+                    jj = uint32(tj) // usw
+                    if jj * usw != uint32(tj) or jj >= out_w:
+                        continue
+                    g_tap = gn[:, r, jj]  # g[n, :, r, jj]
+                    pq = uint32(p * kw + q)
+                    o = uint32(grp * o_g + o0)
+                    oo = uint32(0)
+                    while oo < on:
+                        acc += stage[oo * utaps + pq] * g_tap[o + oo]
+                        oo += uint32(1)
     if inside:
         gx[n, c, a, b] = acc
 
@@ -200,6 +219,8 @@ def _tap_partial(g, x, o, c, p, q, sh, sw, ph, pw, dh, dw, tid, stride):
     h, w = x.shape[2], x.shape[3]
     out_h, out_w = g.shape[2], g.shape[3]
     pix0, pix_step, n0, n_step = _plane_split(out_h * out_w, tid, stride)
+    n_batch = uint32(x.shape[0])
+    u_step = uint32(n_step)
     acc = g.dtype.type(0)
     if n0 < n_step:
         for idx in range(pix0, out_h * out_w, pix_step):
@@ -208,8 +229,12 @@ def _tap_partial(g, x, o, c, p, q, sh, sw, ph, pw, dh, dw, tid, stride):
             a = r * sh - ph + p * dh
             b = j * sw - pw + q * dw
             if a >= 0 and a < h and b >= 0 and b < w:
-                for n in range(n0, x.shape[0], n_step):
-                    acc += g[n, o, r, j] * x[n, c, a, b]
+                g_px = g[:, o, r, j]  # the pixel over the batch: one strided pointer each
+                x_px = x[:, c, a, b]
+                n = uint32(n0)
+                while n < n_batch:
+                    acc += g_px[n] * x_px[n]
+                    n += u_step
     return acc
 
 
@@ -275,6 +300,13 @@ def channel_sum(g, out):
 # ==========================  ====================  ==========================================
 
 
+@cuda.jit(device=True, inline="always")
+def _wrap32(v):
+    """v modulo 2**32 as uint32: a negative v becomes a large one, so ``0 <= v < n`` is one
+    unsigned compare.  (Masked first: the simulator refuses to cast a negative to uint32.)"""
+    return uint32(int64(v) & 0xFFFFFFFF)
+
+
 @cuda.jit
 def sparse_conv2d_fwd(x, indptr, indices, data, groups, kh, kw, sh, sw, ph, pw, dh, dw, bias, out):
     """out[n, o, r, j] = bias[o] + sum over row o's stored taps k, col = (c, p, q), of
@@ -283,7 +315,20 @@ def sparse_conv2d_fwd(x, indptr, indices, data, groups, kh, kw, sh, sw, ph, pw, 
 
     x (N, C, H, W); indptr (O+1,), indices, data (nnz,) canonical CSR; bias (O,);
     out (N, O, OH, OW) preallocated and overwritten.  O(N*OH*OW*nnz).
+
+    Every thread of the block walks the same filter row o, so its taps are decoded once per
+    block, SPARSE_STAGE at a time, into shared memory as (input channel, row shift, column
+    shift, value): the two divisions that turn a flattened column into (c, p, q) are done once
+    per tap and block instead of once per tap and pixel (64-bit divisions are emulated, some
+    70 instructions each).  The summing loop then reads broadcasts and tests the padding with
+    one unsigned compare per axis; its load is unconditional (clamped into the plane, so the
+    loads of successive taps issue back to back) and only the multiply-add is predicated.
+    Offsets within a sample are 32-bit (the wrapper checks C*H*W < 2**31).
     """
+    st_c = cuda.shared.array(SPARSE_STAGE, dtype=int32)
+    st_dy = cuda.shared.array(SPARSE_STAGE, dtype=int32)
+    st_dx = cuda.shared.array(SPARSE_STAGE, dtype=int32)
+    st_w = cuda.shared.array(SPARSE_STAGE, dtype=data.dtype)
     n_c, h, w = x.shape[1], x.shape[2], x.shape[3]
     n_o, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
     taps = kh * kw
@@ -296,20 +341,43 @@ def sparse_conv2d_fwd(x, indptr, indices, data, groups, kh, kw, sh, sw, ph, pw, 
     tile_r = tile // tiles_j
     r = tile_r * CONV_TY + cuda.threadIdx.y
     j = (tile - tile_r * tiles_j) * CONV_TX + cuda.threadIdx.x
-    if r >= out_h or j >= out_w:
-        return
+    inside = r < out_h and j < out_w  # no early return: every thread meets the syncthreads
     c_first = (o // (n_o // groups)) * (n_c // groups)
+    tid = cuda.threadIdx.y * CONV_TX + cuda.threadIdx.x
+    xn = x[uint32(n)]
+    uh = uint32(h)
+    uw = uint32(w)
+    last_a = uint32(h - 1)
+    last_b = uint32(w - 1)
+    top = int32(r * sh)
+    left = int32(j * sw)
+    start = indptr[o]
+    end = indptr[o + 1]
     acc = out.dtype.type(0)
-    for k in range(indptr[o], indptr[o + 1]):
-        col = indices[k]
-        c = col // taps
-        pq = col - c * taps
-        p = pq // kw
-        a = r * sh - ph + p * dh
-        b = j * sw - pw + (pq - p * kw) * dw
-        if a >= 0 and a < h and b >= 0 and b < w:
-            acc += data[k] * x[n, c_first + c, a, b]
-    out[n, o, r, j] = acc + bias[o]
+    for k0 in range(start, end, SPARSE_STAGE):
+        cuda.syncthreads()  # the previous chunk has been used by every thread
+        n_k = uint32(min(SPARSE_STAGE, end - k0))
+        for t in range(tid, n_k, CONV_TX * CONV_TY):
+            col = indices[k0 + t]
+            c = col // taps
+            pq = col - c * taps
+            p = pq // kw
+            st_c[t] = c_first + c
+            st_dy[t] = p * dh - ph
+            st_dx[t] = (pq - p * kw) * dw - pw
+            st_w[t] = data[k0 + t]
+        cuda.syncthreads()
+        if inside:
+            t = uint32(0)
+            while t < n_k:
+                a = _wrap32(top + st_dy[t])  # a tap in the padding wraps to >= h: one compare
+                b = _wrap32(left + st_dx[t])
+                v = xn[uint32(st_c[t]), min(a, last_a), min(b, last_b)]
+                if a < uh and b < uw:
+                    acc += st_w[t] * v
+                t += uint32(1)
+    if inside:
+        out[n, o, r, j] = acc + bias[o]
 
 
 @cuda.jit
@@ -340,19 +408,35 @@ def sparse_conv2d_grad_input(g, indptr_t, indices_t, perm, data, groups, kh, kw,
     grp = c // c_g
     taps = kh * kw
     col0 = (c - grp * c_g) * taps
+    o_lo = grp * o_g  # the filters of c's group: o_lo <= o < o_hi (a compare, not a division per tap)
+    o_hi = o_lo + o_g
+    gn = g[uint32(n)]
+    ush = uint32(sh)
+    usw = uint32(sw)
     acc = gx.dtype.type(0)
     for p in range(kh):
         tr = a + ph - p * dh
-        if tr >= 0 and tr % sh == 0 and tr // sh < out_h:
-            r = tr // sh
-            for q in range(kw):
-                tj = b + pw - q * dw
-                if tj >= 0 and tj % sw == 0 and tj // sw < out_w:
-                    col = col0 + p * kw + q
-                    for k in range(indptr_t[col], indptr_t[col + 1]):
-                        o = indices_t[k]
-                        if o // o_g == grp:
-                            acc += data[perm[k]] * g[n, o, r, tj // sw]
+        if tr < 0:
+            continue
+        r = uint32(tr) // ush  # 32-bit unsigned: a fraction of a 64-bit division's cost
+        if r * ush != uint32(tr) or r >= out_h:
+            continue
+        for q in range(kw):
+            tj = b + pw - q * dw
+            if tj < 0:
+                continue
+            jj = uint32(tj) // usw
+            if jj * usw != uint32(tj) or jj >= out_w:
+                continue
+            col = col0 + p * kw + q
+            g_tap = gn[:, r, jj]  # g[n, :, r, jj]: each filter's output at this tap
+            k = uint64(indptr_t[col])  # unsigned: no negative-index fix-ups per entry
+            k_end = uint64(indptr_t[col + 1])
+            while k < k_end:
+                o = indices_t[k]
+                if o_lo <= o < o_hi:
+                    acc += data[uint64(perm[k])] * g_tap[uint32(o)]
+                k += uint64(1)
     gx[n, c, a, b] = acc
 
 
