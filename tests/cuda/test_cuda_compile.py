@@ -187,3 +187,26 @@ def test_magnitude_select_kernels_compile(compile_ptx, kdt):
                     (select.zero_selected, (keys, i, i, i, state, hist))):
         ptx = compile_ptx(fn, sig)
         assert not re.findall(r"\.f(?:32|64)\b", ptx), f"{fn.py_func.__name__} does float arithmetic"
+
+
+def test_sass_report_finds_the_lean_inner_loops(compile_ptx, tmp_path):
+    """bench/sass_report.py on the CSR kernels: the steady-state loops stay lean (instruction
+    counts of the machine code, not timings).  Needs ptxas and nvdisasm (the nvidia-cuda-nvcc-cu12
+    and nvidia-cuda-nvdisasm wheels); skipped without them."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "bench" / "sass_report.py"
+    spec = importlib.util.spec_from_file_location("sass_report", path)
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    try:
+        report._tool("ptxas"), report._tool("nvdisasm")
+    except (SystemExit, ImportError) as err:
+        pytest.skip(f"CUDA binary tools unavailable: {err}")
+    kernels = {name: (fn, sig) for name, fn, sig in report._kernels("float32", "int32")}
+    for name, most in (("csr_spmm", 6.0), ("csr_sddmm", 5.0)):
+        loops = report.profile(*kernels[name], tmp_path, name)["loops"]
+        assert loops, f"no inner loop with float work found in {name}"
+        best = min(n / f for n, _, _, f in loops)
+        assert best <= most, f"{name}'s leanest inner loop takes {best:.1f} instructions per float op"
