@@ -38,7 +38,9 @@ def make_data(n_samples):
     return make_classification(n_samples, SIZES[0], SIZES[-1], rng=0)
 
 
-def sparsenet_epoch_fn(x, y):
+def sparsenet_epoch_fn(x, y, input_grad=False):
+    """``input_grad=True`` also computes the first layer's input gradient, as every release
+    before ``Module.backward_params`` did (the other two implementations never compute it)."""
     from sparsenet import nn, optim
     from sparsenet.data import DataLoader
 
@@ -57,7 +59,7 @@ def sparsenet_epoch_fn(x, y):
                 break
             opt.zero_grad()
             crit(model(xb), yb)
-            model.backward(crit.backward())
+            (model.backward if input_grad else model.backward_params)(crit.backward())
             opt.step()
 
     nnz = sum(m.weight.csr.nnz for m in model if isinstance(m, nn.SparseLinear))
@@ -137,7 +139,8 @@ def torch_epoch_fn(x, y):
     return epoch, sum(p.numel() for n, p in model.named_parameters() if n.endswith("weight"))
 
 
-IMPLS = {"sparsenet": sparsenet_epoch_fn, "scipy": scipy_epoch_fn, "torch-dense": torch_epoch_fn}
+IMPLS = {"sparsenet": sparsenet_epoch_fn, "scipy": scipy_epoch_fn, "torch-dense": torch_epoch_fn,
+         "sparsenet-input-grad": lambda x, y: sparsenet_epoch_fn(x, y, input_grad=True)}
 
 
 def time_epoch(name, x, y, repeat=1):

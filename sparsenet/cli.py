@@ -214,7 +214,7 @@ def _cmd_bench(args):
                 break
             optimizer.zero_grad()
             crit(model(xb), yb)
-            model.backward(crit.backward())
+            model.backward_params(crit.backward())
             optimizer.step()
 
     t0 = time.perf_counter()

@@ -444,7 +444,7 @@ class Trainer:
                     raise FloatingPointError(
                         f"loss became {value} at epoch {epoch + 1}, batch {i}; lower the learning rate"
                     )
-                self.model.backward(self.loss.backward())
+                self.model.backward_params(self.loss.backward())
                 self._call("on_after_backward")
                 self.optimizer.step()
                 self._call("on_batch_end", i, {"loss": value if value is not None else loss})

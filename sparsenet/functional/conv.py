@@ -163,7 +163,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return kernels.conv2d(x, weight, bias, stride, padding, dilation)
 
 
-def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1):
+def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1, *, need_input=True):
     """Gradients of :func:`conv2d` with respect to x, weight and bias.
 
     Parameters
@@ -174,10 +174,12 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
     weight : ndarray, shape (O, C/groups, KH, KW)
     stride, padding, dilation, groups
         As in the forward call.
+    need_input : bool, default True
+        False skips the input gradient (a first layer's, which training never uses).
 
     Returns
     -------
-    grad_x : ndarray, shape (N, C, H, W)
+    grad_x : ndarray, shape (N, C, H, W), or None when ``need_input`` is False
     grad_weight : ndarray, shape (O, C/groups, KH, KW)
     grad_bias : ndarray, shape (O,)
         ``grad_out`` summed over batch and positions (returned whether or not a bias was used).
@@ -196,7 +198,7 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
     """
     x, weight, stride, padding, dilation, out_hw = _check_dense_conv(x, weight, stride, padding, dilation, groups)
     g = _check_grad_out(grad_out, (x.shape[0], weight.shape[0]) + out_hw, weight.dtype)
-    grad_x, grad_w = kernels.conv2d_backward(g, x, weight, stride, padding, dilation)
+    grad_x, grad_w = kernels.conv2d_backward(g, x, weight, stride, padding, dilation, need_input)
     return grad_x, grad_w, kernels.channel_sum(g)
 
 
@@ -268,12 +270,15 @@ def sparse_conv2d(x, weight, kernel_size, bias=None, stride=1, padding=0, dilati
                                  padding, dilation, groups)
 
 
-def sparse_conv2d_backward(grad_out, x, weight, kernel_size, stride=1, padding=0, dilation=1, groups=1):
+def sparse_conv2d_backward(grad_out, x, weight, kernel_size, stride=1, padding=0, dilation=1, groups=1, *,
+                           need_input=True):
     """Gradients of :func:`sparse_conv2d`; the weight gradient lives on the stored pattern.
+
+    ``need_input=False`` skips the input gradient (returned as None), as in :func:`conv2d_backward`.
 
     Returns
     -------
-    grad_x : ndarray, shape (N, C, H, W)
+    grad_x : ndarray, shape (N, C, H, W), or None
     grad_weight : ndarray, shape (nnz,)
         Aligned with ``weight.data``; entries not stored get no gradient (the pattern is fixed).
     grad_bias : ndarray, shape (O,)
@@ -291,7 +296,7 @@ def sparse_conv2d_backward(grad_out, x, weight, kernel_size, stride=1, padding=0
         x, weight, kernel_size, stride, padding, dilation, groups)
     g = _check_grad_out(grad_out, (x.shape[0], weight.shape[0]) + out_hw, weight.dtype)
     grad_x, grad_w = kernels.sparse_conv2d_backward(g, x, weight.indptr, weight.indices, weight.data, kernel,
-                                                    stride, padding, dilation, groups)
+                                                    stride, padding, dilation, groups, need_input)
     return grad_x, grad_w, kernels.channel_sum(g)
 
 
@@ -364,12 +369,14 @@ def locally_connected2d(x, weight, bias=None, stride=1, padding=0):
     return kernels.local2d(x, flat, bias, kernel, stride, padding)
 
 
-def locally_connected2d_backward(grad_out, x, weight, stride=1, padding=0):
+def locally_connected2d_backward(grad_out, x, weight, stride=1, padding=0, *, need_input=True):
     """Gradients of :func:`locally_connected2d`.
+
+    ``need_input=False`` skips the input gradient (returned as None), as in :func:`conv2d_backward`.
 
     Returns
     -------
-    grad_x : ndarray, shape (N, C, H, W)
+    grad_x : ndarray, shape (N, C, H, W), or None
     grad_weight : ndarray, shape (OH, OW, O, C, KH, KW)
     grad_bias : ndarray, shape (O, OH, OW)
 
@@ -385,6 +392,6 @@ def locally_connected2d_backward(grad_out, x, weight, stride=1, padding=0):
     """
     x, flat, kernel, stride, padding, out_hw = _check_local(x, weight, stride, padding)
     g = _check_grad_out(grad_out, (x.shape[0], flat.shape[2]) + out_hw, flat.dtype)
-    grad_x, grad_w = kernels.local2d_backward(g, x, flat, kernel, stride, padding)
+    grad_x, grad_w = kernels.local2d_backward(g, x, flat, kernel, stride, padding, need_input)
     grad_b = kernels.batch_sum(g.reshape(g.shape[0], int(np.prod(g.shape[1:])))).reshape(g.shape[1:])
     return grad_x, grad_w.reshape(tuple(np.shape(weight))), grad_b

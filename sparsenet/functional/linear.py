@@ -95,7 +95,7 @@ def sparse_linear(x, weight, bias=None):
     return _reshape(y, _shape(x)[:-1] + (out_features,))
 
 
-def sparse_linear_backward(grad_out, x, weight):
+def sparse_linear_backward(grad_out, x, weight, *, need_input=True):
     """Gradients of :func:`sparse_linear` with respect to x, weight and bias.
 
     Parameters
@@ -104,10 +104,13 @@ def sparse_linear_backward(grad_out, x, weight):
     x : ndarray, shape (*, in_features)
         The forward input.
     weight : CSRMatrix, shape (out_features, in_features)
+    need_input : bool, default True
+        False skips the input gradient (a first layer's, which training never uses): one
+        transposed product fewer.
 
     Returns
     -------
-    grad_x : ndarray, shape (*, in_features)
+    grad_x : ndarray, shape (*, in_features), or None when ``need_input`` is False
     grad_weight : ndarray, shape (nnz,)
         Aligned with ``weight.data``: the gradient on the stored pattern only.
     grad_bias : ndarray, shape (out_features,)
@@ -116,6 +119,8 @@ def sparse_linear_backward(grad_out, x, weight):
     _check_sparse_weight(weight)
     out_features, in_features = weight.shape
     g2, x2 = _check_backward_args(grad_out, x, out_features, in_features, weight.dtype)
+    if not need_input:
+        return None, kernels.sddmm(weight.indptr, weight.indices, g2, x2), kernels.batch_sum(g2)
     g2 = kernels.product_operand(g2)  # feeds two products: lay it out once
     grad_x = kernels.spmm_t(weight.indptr, weight.indices, weight.data, in_features, g2)
     grad_weight = kernels.sddmm(weight.indptr, weight.indices, g2, x2)
@@ -146,10 +151,11 @@ def linear(x, weight, bias=None):
     return _reshape(y, _shape(x)[:-1] + (out_features,))
 
 
-def linear_backward(grad_out, x, weight):
-    """Gradients of :func:`linear`: ``(grad_x, grad_weight (out, in), grad_bias (out,))``."""
+def linear_backward(grad_out, x, weight, *, need_input=True):
+    """Gradients of :func:`linear`: ``(grad_x, grad_weight (out, in), grad_bias (out,))``;
+    ``grad_x`` is None with ``need_input=False``, as in :func:`sparse_linear_backward`."""
     weight = _check_dense_weight(weight)
     out_features, in_features = weight.shape
     g2, x2 = _check_backward_args(grad_out, x, out_features, in_features, weight.dtype)
-    return (_reshape(kernels.matmul(g2, weight), _shape(x)), kernels.matmul(g2, x2, transpose_a=True),
-            kernels.batch_sum(g2))
+    grad_x = _reshape(kernels.matmul(g2, weight), _shape(x)) if need_input else None
+    return grad_x, kernels.matmul(g2, x2, transpose_a=True), kernels.batch_sum(g2)

@@ -1,7 +1,9 @@
 """Layers, models and losses with PyTorch's names and semantics, on NumPy arrays.
 
 ``y = layer(x)`` runs ``forward``; ``grad_x = layer.backward(grad_y)`` accumulates into each
-parameter's ``.grad``; ``model.parameters()`` lists weights before biases in definition order.
+parameter's ``.grad``; ``model.backward_params(grad_y)`` does the same without the input
+gradient (what a training step needs: the first layer's input gradient is never used);
+``model.parameters()`` lists weights before biases in definition order.
 """
 from . import init
 from .activation import LeakyReLU, ReLU, Sigmoid, Softmax, Tanh

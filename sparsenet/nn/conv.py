@@ -9,7 +9,7 @@ import numpy as np
 from .. import functional as F
 from .._validation import check_random_state, float_dtype
 from . import init
-from .module import Module, Parameter
+from .module import Parameter, _WeightedLayer
 
 __all__ = ["Conv2d", "SparseConv2d", "LocallyConnected2d"]
 
@@ -33,7 +33,7 @@ def _check_channels(in_channels, out_channels, groups):
         )
 
 
-class _ConvBase(Module):
+class _ConvBase(_WeightedLayer):
     def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, dtype):
         super().__init__()
         _check_channels(in_channels, out_channels, groups)
@@ -106,12 +106,13 @@ class Conv2d(_ConvBase):
         self._save(x)
         return y
 
-    def backward(self, grad_out):
+    def _backward(self, grad_out, need_input):
         x = self._saved()
-        grad_x, grad_w, grad_b = F.conv2d_backward(grad_out, x, self.weight.data, **self._geometry())
-        self.weight.accumulate_grad(grad_w)
+        grad_x, grad_w, grad_b = F.conv2d_backward(grad_out, x, self.weight.data, **self._geometry(),
+                                                   need_input=need_input)
+        self.weight.accumulate_grad(grad_w, owned=True)
         if self.bias is not None:
-            self.bias.accumulate_grad(grad_b)
+            self.bias.accumulate_grad(grad_b, owned=True)
         return grad_x
 
 
@@ -176,14 +177,15 @@ class SparseConv2d(_ConvBase):
         self._save((x, w))
         return y
 
-    def backward(self, grad_out):
+    def _backward(self, grad_out, need_input):
         x, w = self._saved()
         if w is not self.weight.csr:
             raise RuntimeError("the sparsity pattern changed between forward and backward; run forward again")
-        grad_x, grad_w, grad_b = F.sparse_conv2d_backward(grad_out, x, w, self.kernel_size, **self._geometry())
-        self.weight.accumulate_grad(grad_w)
+        grad_x, grad_w, grad_b = F.sparse_conv2d_backward(grad_out, x, w, self.kernel_size, **self._geometry(),
+                                                          need_input=need_input)
+        self.weight.accumulate_grad(grad_w, owned=True)
         if self.bias is not None:
-            self.bias.accumulate_grad(grad_b)
+            self.bias.accumulate_grad(grad_b, owned=True)
         return grad_x
 
     def get_config(self):
@@ -192,7 +194,7 @@ class SparseConv2d(_ConvBase):
         return config
 
 
-class LocallyConnected2d(Module):
+class LocallyConnected2d(_WeightedLayer):
     """Like :class:`Conv2d` but with a separate filter at every output position (no weight sharing).
 
     Parameters
@@ -260,13 +262,14 @@ class LocallyConnected2d(Module):
         self._save(x)
         return y
 
-    def backward(self, grad_out):
+    def _backward(self, grad_out, need_input):
         x = self._saved()
         grad_x, grad_w, grad_b = F.locally_connected2d_backward(grad_out, x, self.weight.data,
-                                                                stride=self.stride, padding=self.padding)
-        self.weight.accumulate_grad(grad_w)
+                                                                stride=self.stride, padding=self.padding,
+                                                                need_input=need_input)
+        self.weight.accumulate_grad(grad_w, owned=True)
         if self.bias is not None:
-            self.bias.accumulate_grad(grad_b)
+            self.bias.accumulate_grad(grad_b, owned=True)
         return grad_x
 
     def get_config(self):

@@ -8,7 +8,7 @@ from .. import kernels
 from .._validation import check_random_state, float_dtype
 from ..csr import CSRMatrix
 from . import init
-from .module import Module, Parameter
+from .module import Parameter, _WeightedLayer
 
 __all__ = ["Linear", "SparseLinear"]
 
@@ -19,7 +19,7 @@ def _check_features(**sizes):
             raise ValueError(f"{name} must be a non-negative integer; got {v!r}")
 
 
-class Linear(Module):
+class Linear(_WeightedLayer):
     """Dense fully connected layer: ``y = x @ weight.T + bias``.
 
     Parameters
@@ -60,12 +60,12 @@ class Linear(Module):
         self._save(x)
         return y
 
-    def backward(self, grad_out):
+    def _backward(self, grad_out, need_input):
         x = self._saved()
-        grad_x, grad_w, grad_b = F.linear_backward(grad_out, x, self.weight.data)
-        self.weight.accumulate_grad(grad_w)
+        grad_x, grad_w, grad_b = F.linear_backward(grad_out, x, self.weight.data, need_input=need_input)
+        self.weight.accumulate_grad(grad_w, owned=True)
         if self.bias is not None:
-            self.bias.accumulate_grad(grad_b)
+            self.bias.accumulate_grad(grad_b, owned=True)
         return grad_x
 
     def get_config(self):
@@ -73,7 +73,7 @@ class Linear(Module):
                 "bias": self.bias is not None, "dtype": str(self.dtype)}
 
 
-class SparseLinear(Module):
+class SparseLinear(_WeightedLayer):
     """Fully connected layer with a CSR weight: ``y = x @ W.T + bias``, cost O(batch * nnz).
 
     Parameters
@@ -147,14 +147,14 @@ class SparseLinear(Module):
         self._save((x, self.weight.csr))
         return y
 
-    def backward(self, grad_out):
+    def _backward(self, grad_out, need_input):
         x, w = self._saved()
         if w is not self.weight.csr:
             raise RuntimeError("the sparsity pattern changed between forward and backward; run forward again")
-        grad_x, grad_w, grad_b = F.sparse_linear_backward(grad_out, x, w)
-        self.weight.accumulate_grad(grad_w)
+        grad_x, grad_w, grad_b = F.sparse_linear_backward(grad_out, x, w, need_input=need_input)
+        self.weight.accumulate_grad(grad_w, owned=True)
         if self.bias is not None:
-            self.bias.accumulate_grad(grad_b)
+            self.bias.accumulate_grad(grad_b, owned=True)
         return grad_x
 
     def get_config(self):

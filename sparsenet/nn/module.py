@@ -212,8 +212,15 @@ class Parameter:
         else:
             self.grad[...] = 0
 
-    def accumulate_grad(self, grad):
-        """Add ``grad`` into ``.grad`` (a fresh copy on the first call, never an alias)."""
+    def accumulate_grad(self, grad, *, owned=False):
+        """Add ``grad`` into ``.grad`` (a fresh copy on the first call, never an alias).
+
+        With ``owned=True`` the caller hands ``grad`` over: it was made for this call and
+        nothing else refers to it (a layer's freshly computed gradient).  On the first call it
+        then becomes ``.grad`` itself when it already has the parameter's dtype and C order,
+        sparing the copy (on the GPU an allocation and a device-to-device copy per parameter
+        and step); otherwise it is copied as usual.
+        """
         if not is_device_array(grad):
             grad = np.asarray(grad)
         if tuple(grad.shape) != self.shape:
@@ -225,7 +232,10 @@ class Parameter:
                 if grad.dtype != self.dtype:
                     raise TypeError(f"gradient of {self.name or 'parameter'} is {grad.dtype}, the parameter {self.dtype}")
                 contiguous = kernels.ascontiguous(grad)
-                self.grad = contiguous if contiguous is not grad else kernels.copy(grad)
+                self.grad = contiguous if contiguous is not grad or owned else kernels.copy(grad)
+            elif (owned and type(grad) is np.ndarray and grad.dtype == self.dtype and grad.flags.c_contiguous
+                  and grad.flags.writeable):
+                self.grad = grad
             else:
                 self.grad = np.array(grad, dtype=self.dtype, order="C", copy=True)
         else:
@@ -311,6 +321,25 @@ class Module:
 
     def backward(self, grad_out):
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+
+    def backward_params(self, grad_out):
+        """Accumulate the parameters' gradients from ``grad_out``, without the gradient with
+        respect to the input; returns None.
+
+        What a training step needs from a model: the input gradient of its first layer feeds
+        nothing (the data is not trained), and for a sparse or convolutional first layer it
+        costs as much as that layer's weight gradient.  Layers with parameters skip it;
+        :class:`Sequential` skips it for its first layer with parameters and the layers before
+        that one (their saved forward context is dropped).  The default runs :meth:`backward`
+        and drops its result.  Like ``backward``, it consumes what the forward saved.
+        """
+        self.backward(grad_out)
+
+    def _drop_saved(self):
+        """Forget what the last forward saved (and so the pending backward) here and below."""
+        object.__setattr__(self, "_ctx", None)
+        for child in self._modules.values():
+            child._drop_saved()
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
@@ -574,6 +603,21 @@ def _host_copy(a):
     return kernels.to_host(a) if is_device_array(a) else np.array(a, copy=True)
 
 
+class _WeightedLayer(Module):
+    """A layer with parameters whose backward can skip the input gradient: subclasses
+    implement ``_backward(grad_out, need_input)``, returning the input gradient (None when
+    ``need_input`` is False) after accumulating their parameters' gradients."""
+
+    def backward(self, grad_out):
+        return self._backward(grad_out, need_input=True)
+
+    def backward_params(self, grad_out):
+        self._backward(grad_out, need_input=False)
+
+    def _backward(self, grad_out, need_input):
+        raise NotImplementedError(f"{type(self).__name__} does not implement _backward")
+
+
 class Sequential(Module):
     """A chain of modules: ``forward`` runs them in order, ``backward`` in reverse.
 
@@ -634,6 +678,16 @@ class Sequential(Module):
         for layer in reversed(list(self._modules.values())):
             grad_out = layer.backward(grad_out)
         return grad_out
+
+    def backward_params(self, grad_out):
+        layers = list(self._modules.values())
+        first = next((i for i, layer in enumerate(layers) if layer.parameters()), len(layers))
+        for layer in reversed(layers[first + 1:]):
+            grad_out = layer.backward(grad_out)
+        if first < len(layers):
+            layers[first].backward_params(grad_out)
+        for layer in layers[:first]:  # parameter-free layers before it: their gradients feed nothing
+            layer._drop_saved()
 
     def get_config(self):
         return {"layers": [layer.describe() for layer in self._modules.values()]}

@@ -92,8 +92,8 @@ class _BatchNorm(Module):
         grad_x, sum_gx, sum_g = kernels.batch_norm_backward(self._as_ncs(g), xhat3, invstd,
                                                             self.weight.data if self.affine else None, use_batch)
         if self.affine:
-            self.weight.accumulate_grad(sum_gx)
-            self.bias.accumulate_grad(sum_g)
+            self.weight.accumulate_grad(sum_gx, owned=True)
+            self.bias.accumulate_grad(sum_g, owned=True)
         return grad_x.reshape(shape)
 
     def get_config(self):

@@ -328,8 +328,13 @@ class Recorder:
             g_store[id(_layer)] = g
             return cls.backward(_layer, g)
 
+        def backward_params(g, _layer=layer):  # a first layer, in a training step
+            g_store[id(_layer)] = g
+            return cls.backward_params(_layer, g)
+
         object.__setattr__(layer, "forward", forward)
         object.__setattr__(layer, "backward", backward)
+        object.__setattr__(layer, "backward_params", backward_params)
 
     def add(self, layer):
         if all(layer is not m for m in self.layers):
@@ -357,6 +362,7 @@ class Recorder:
         for layer in self.layers:
             layer.__dict__.pop("forward", None)
             layer.__dict__.pop("backward", None)
+            layer.__dict__.pop("backward_params", None)
         self.x.clear()
         self.g.clear()
 

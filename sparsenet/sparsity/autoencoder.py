@@ -177,12 +177,19 @@ class SparseAutoencoder(Module):
         return y
 
     def backward(self, grad_out):
+        return self.encoder.backward(self._code_gradient(grad_out))
+
+    def backward_params(self, grad_out):
+        self.encoder.backward_params(self._code_gradient(grad_out))
+
+    def _code_gradient(self, grad_out):
+        """Through the decoder and the penalty to the gradient at the encoder's output."""
         h = self._saved()
         g = grad_out if self.out_act is None else self.out_act.backward(grad_out)
         g_h = self.decoder.backward(g)  # a new array: the penalty's gradient is added in place
         if self.beta:
             kernels.activity_penalty_grad_(g_h, h, self.penalty, self.rho, self.beta)
-        return self.encoder.backward(self.code_act.backward(g_h))
+        return self.code_act.backward(g_h)
 
     def get_config(self):
         return {"in_features": self.in_features, "hidden": self.hidden, "penalty": self.penalty,

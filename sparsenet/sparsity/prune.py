@@ -550,7 +550,7 @@ def snip_scores(model, loss, x, y):
     try:
         out = model(x)
         loss(out, y)
-        model.backward(loss.backward())
+        model.backward_params(loss.backward())
         return saliency_scores(model)
     finally:
         for p, g in zip(params, saved):

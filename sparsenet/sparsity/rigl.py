@@ -223,7 +223,7 @@ class RigL(Callback):
         try:
             out = self.model(x)
             loss(out, y)
-            self.model.backward(loss.backward())
+            self.model.backward_params(loss.backward())
             activity = {m: rec.raw(m) for m in self.layers if rec.raw(m) is not None}
         finally:
             rec.close()

@@ -220,3 +220,23 @@ def test_gradcheck_float64(name, mode, rng):
     gx = layer.backward(g)
     gradcheck(fn, [x] + [p.data for p in params], g, [gx] + [p.grad for p in params],
               eps=1e-6, rtol=1e-5, atol=1e-8, rng=rng)
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_backward_params_matches_backward_and_returns_none(name, rng):
+    """backward_params accumulates exactly backward's parameter gradients (the same kernels,
+    minus the input gradient), returns None, and consumes the forward like backward does."""
+    full, shape = _make(name, np.float64)
+    lean, _ = _make(name, np.float64)
+    x = _input(rng, shape, np.float64)
+    if isinstance(full, nn.Dropout):  # same masks for both
+        full.rng, lean.rng = np.random.default_rng(3), np.random.default_rng(3)
+    y = full(x)
+    g = np.random.default_rng(1).standard_normal(y.shape)
+    full.backward(g)
+    np.testing.assert_array_equal(lean(x), y)
+    assert lean.backward_params(g) is None
+    for (pname, p), q in zip(full.named_parameters(), lean.parameters()):
+        np.testing.assert_array_equal(q.grad, p.grad, err_msg=pname)
+    with pytest.raises(RuntimeError, match="without a matching forward"):
+        lean.backward(g)

@@ -217,3 +217,81 @@ def test_sparse_linear_equals_masked_dense(n_in, n_out, batch, density, seed):
     np.testing.assert_allclose(layer(x), expected, rtol=1e-12, atol=1e-12)
     g = rng.standard_normal((batch, n_out))
     np.testing.assert_allclose(layer.backward(g), g @ layer.weight.csr.to_dense(), rtol=1e-12, atol=1e-12)
+
+
+def test_accumulate_grad_adopts_only_what_it_is_handed(rng):
+    """owned=True: a fresh gradient of the right dtype and order becomes .grad without a copy;
+    anything else (or owned=False) is copied, and later calls add in place."""
+    p = nn.Parameter(np.zeros((3, 4), dtype=np.float32))
+    g = rng.standard_normal((3, 4)).astype(np.float32)
+    g0 = g.copy()
+    p.accumulate_grad(g, owned=True)
+    assert p.grad is g
+    p.accumulate_grad(np.ones((3, 4), dtype=np.float32))
+    assert p.grad is g  # accumulated into the adopted array
+    np.testing.assert_allclose(p.grad, g0 + 1)
+    for other in (g.astype(np.float64), np.asfortranarray(g), g[:, ::-1]):
+        p.grad = None
+        p.accumulate_grad(other, owned=True)
+        assert p.grad is not other and p.grad.dtype == np.float32 and p.grad.flags.c_contiguous
+    frozen = g.copy()
+    frozen.flags.writeable = False
+    p.grad = None
+    p.accumulate_grad(frozen, owned=True)
+    assert p.grad is not frozen and p.grad.flags.writeable
+    p.grad = None
+    p.accumulate_grad(g)  # not handed over: never an alias
+    assert p.grad is not g
+    np.testing.assert_array_equal(p.grad, g)
+
+
+def test_layers_hand_their_fresh_gradients_over(rng):
+    """A layer's backward adopts its freshly computed gradients (no copy per parameter and step),
+    and the values are unchanged by it."""
+    layer = nn.SparseLinear(6, 5, density=0.5, rng=0)
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    g = np.ones((4, 5), dtype=np.float32)
+    layer(x)
+    layer.backward(g)
+    first_w, first_b = layer.weight.grad, layer.bias.grad
+    expected_b = np.full(5, 4.0)
+    np.testing.assert_allclose(first_b, expected_b)
+    layer(x)
+    layer.backward(g)  # accumulates into the adopted arrays
+    assert layer.weight.grad is first_w and layer.bias.grad is first_b
+    np.testing.assert_allclose(layer.bias.grad, 2 * expected_b)
+
+
+def test_sequential_backward_params_skips_the_first_input_gradient(rng, monkeypatch):
+    """Leading parameter-free layers (Flatten, Dropout) and the first weighted layer's input
+    gradient are skipped: no transposed product for it, the same parameter gradients, and the
+    skipped layers' forward contexts are dropped."""
+    from sparsenet import kernels
+
+    def model():
+        return nn.Sequential(nn.Flatten(), nn.Dropout(0.0),
+                             nn.Sequential(nn.SparseLinear(12, 8, density=0.5, rng=0), nn.ReLU()),
+                             nn.SparseLinear(8, 3, density=0.5, rng=1))
+
+    x = rng.standard_normal((5, 3, 4)).astype(np.float32)
+    g = rng.standard_normal((5, 3)).astype(np.float32)
+    full, lean = model(), model()
+    full(x)
+    full.backward(g)
+    calls = []
+    spmm_t = kernels.spmm_t
+    monkeypatch.setattr(kernels, "spmm_t", lambda *a, **k: calls.append(a[3]) or spmm_t(*a, **k))
+    lean(x)
+    assert lean.backward_params(g) is None
+    assert calls == [8]  # the second layer's input gradient only; none of width 12
+    for p, q in zip(full.parameters(), lean.parameters()):
+        np.testing.assert_array_equal(q.grad, p.grad)
+    for layer in (lean[0], lean[1]):
+        with pytest.raises(RuntimeError, match="without a matching forward"):
+            layer.backward(np.ones((5, 12), np.float32))
+    # Without any parameter nothing is computed, and every context is dropped.
+    act = nn.Sequential(nn.Flatten(), nn.ReLU())
+    act(x)
+    assert act.backward_params(np.ones((5, 12), np.float32)) is None
+    with pytest.raises(RuntimeError, match="without a matching forward"):
+        act.backward(np.ones((5, 12), np.float32))

@@ -89,3 +89,21 @@ def test_module_protocol(rng):
     np.testing.assert_array_equal(clone(x), y)
     assert [n for n, _ in ae.named_parameters()] == ["encoder.weight", "encoder.bias", "decoder.weight",
                                                       "decoder.bias"]
+
+
+def test_backward_params_matches_backward(rng):
+    """The autoencoder's encoder skips its input gradient under backward_params; the parameter
+    gradients (penalty included) are those of backward."""
+    x = rng.random((6, 10))
+    grads = []
+    for lean in (False, True):
+        ae = SparseAutoencoder(10, 4, penalty="kl", beta=0.5, rho=0.1, rng=0, dtype=np.float64)
+        y = ae(x)
+        g = y - x
+        if lean:
+            assert ae.backward_params(g) is None
+        else:
+            assert ae.backward(g).shape == x.shape
+        grads.append([p.grad for p in ae.parameters()])
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(a, b)

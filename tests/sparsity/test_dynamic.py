@@ -115,7 +115,7 @@ def test_rigl_callback_keeps_nnz_and_state(rng):
     for m in rigl.layers:
         assert_canonical(m.weight.csr)
         assert opt.state[m.weight]["momentum_buffer"].shape == (m.weight.csr.nnz,)
-        assert "forward" not in m.__dict__  # recorder removed at the end of training
+        assert not {"forward", "backward", "backward_params"} & set(m.__dict__)  # recorder removed at the end
 
 
 def test_rigl_update_from_batch_restores_grads(rng):
@@ -124,6 +124,24 @@ def test_rigl_update_from_batch_restores_grads(rng):
     rigl = RigL(model, update_every=1)
     rigl.update_from_batch(x, y, nn.CrossEntropyLoss())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_recorder_sees_the_first_layer_under_backward_params(rng):
+    """A training step skips the first layer's input gradient (backward_params), yet RigL's
+    recorder still gets that layer's output gradient."""
+    from sparsenet.sparsity._topology import Recorder
+
+    x, y = blobs(rng)
+    model = mlp([10, 16, 3], density=0.3)
+    layers = [m for m in model if hasattr(m, "weight")]
+    rec = Recorder(layers)
+    loss = nn.CrossEntropyLoss()
+    loss(model(x), y)
+    model.backward_params(loss.backward())
+    for layer in layers:
+        xr, g = rec.raw(layer)
+        assert xr.shape[0] == g.shape[0] == x.shape[0] and g.shape[1] == layer.out_features
+    rec.close()
 
 
 def test_cosine_schedule():
