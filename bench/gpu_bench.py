@@ -23,7 +23,7 @@ Suites (``--suite overhead,csr,conv,sparsity,train``, default all):
   replaces (copy to host, NumPy, copy back); the group soft threshold over input columns
   (gathered) and output rows vs the same map in torch.  Each call first restores the weight
   (one device-to-device copy, the same for every peer).
-* ``train``: one whole training step (forward, cross-entropy, backward, Adam) of a SparseLinear
+* ``train``: one whole training step (forward, cross-entropy, backward_params, Adam) of a SparseLinear
   MLP 784-1000-1000-10 (density 0.04): the model on the GPU (batch uploaded inside the timing)
   against the same model on the CPU (Numba kernels, all cores), per batch size.
 
@@ -582,7 +582,7 @@ def bench_train(batch, args):
             opt.zero_grad()
             xb, yb = (kernels.to_device(x), kernels.to_device(y)) if device == "cuda" else (x, y)
             crit(model(xb), yb)
-            model.backward(crit.backward())
+            model.backward_params(crit.backward())  # as fit does: no first-layer input gradient
             opt.step()
 
         if args.dry_run and device == "cuda":

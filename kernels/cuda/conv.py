@@ -127,6 +127,18 @@ def conv2d_fwd(x, weight, bias, sh, sw, ph, pw, dh, dw, out):
             out[n, o0 + 3, r, j] = acc3 + bias[o0 + 3]
 
 
+@cuda.jit(device=True, inline="always")
+def _output_reading(pos, pad, tap, dil, stride, n_out):
+    """(True, i) when output i's window reads input position ``pos`` at this tap, i.e.
+    pos = i*stride - pad + tap*dil with 0 <= i < n_out; else (False, 0).  The division is a
+    32-bit unsigned one: a fraction of an emulated 64-bit division's cost."""
+    t = pos + pad - tap * dil
+    if t < 0:
+        return False, uint32(0)
+    i = uint32(t) // uint32(stride)
+    return i * uint32(stride) == uint32(t) and i < n_out, i
+
+
 @cuda.jit
 def conv2d_grad_input(g, weight, sh, sw, ph, pw, dh, dw, gx):
     """gx[n, c, a, b] = sum over o in c's group and taps (p, q) with a = r*sh - ph + p*dh,
@@ -156,8 +168,6 @@ def conv2d_grad_input(g, weight, sh, sw, ph, pw, dh, dw, gx):
     per_chunk = CONV_WSTAGE // taps
     tid = cuda.threadIdx.y * CONV_TX + cuda.threadIdx.x
     gn = g[uint32(n)]
-    ush = uint32(sh)
-    usw = uint32(sw)
     utaps = uint32(taps)
     acc = gx.dtype.type(0)
     for o0 in range(0, o_g, per_chunk):
@@ -172,18 +182,12 @@ def conv2d_grad_input(g, weight, sh, sw, ph, pw, dh, dw, gx):
             # Taps outside, filters inside: a tap's two divisions (and its padding test) serve
             # every filter of the chunk, and the inner loop is a load, a broadcast and an FMA.
             for p in range(kh):
-                tr = a + ph - p * dh
-                if tr < 0:
-                    continue
-                r = uint32(tr) // ush  # 32-bit unsigned: a fraction of a 64-bit division's cost
-                if r * ush != uint32(tr) or r >= out_h:
+                reads_r, r = _output_reading(a, ph, p, dh, sh, out_h)
+                if not reads_r:
                     continue
                 for q in range(kw):
-                    tj = b + pw - q * dw
-                    if tj < 0:
-                        continue
-                    jj = uint32(tj) // usw
-                    if jj * usw != uint32(tj) or jj >= out_w:
+                    reads_j, jj = _output_reading(b, pw, q, dw, sw, out_w)
+                    if not reads_j:
                         continue
                     g_tap = gn[:, r, jj]  # g[n, :, r, jj]
                     pq = uint32(p * kw + q)
@@ -411,22 +415,14 @@ def sparse_conv2d_grad_input(g, indptr_t, indices_t, perm, data, groups, kh, kw,
     o_lo = grp * o_g  # the filters of c's group: o_lo <= o < o_hi (a compare, not a division per tap)
     o_hi = o_lo + o_g
     gn = g[uint32(n)]
-    ush = uint32(sh)
-    usw = uint32(sw)
     acc = gx.dtype.type(0)
     for p in range(kh):
-        tr = a + ph - p * dh
-        if tr < 0:
-            continue
-        r = uint32(tr) // ush  # 32-bit unsigned: a fraction of a 64-bit division's cost
-        if r * ush != uint32(tr) or r >= out_h:
+        reads_r, r = _output_reading(a, ph, p, dh, sh, out_h)
+        if not reads_r:
             continue
         for q in range(kw):
-            tj = b + pw - q * dw
-            if tj < 0:
-                continue
-            jj = uint32(tj) // usw
-            if jj * usw != uint32(tj) or jj >= out_w:
+            reads_j, jj = _output_reading(b, pw, q, dw, sw, out_w)
+            if not reads_j:
                 continue
             col = col0 + p * kw + q
             g_tap = gn[:, r, jj]  # g[n, :, r, jj]: each filter's output at this tap
