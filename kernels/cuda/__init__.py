@@ -981,7 +981,8 @@ def matmul(a, b, bias=None):
     # Row tiles (the batch, possibly large) on grid x, whose limit is 2**31 - 1 (y's is 65,535).
     grid = (math.ceil(out.shape[0] / ops.MM_TILE), math.ceil(out.shape[1] / ops.MM_TILE))
     has_bias = bias is not None
-    ops.matmul[grid, (ops.MM_TILE, ops.MM_TILE)](a, b, bias if has_bias else out.reshape(out.size), has_bias, out)
+    ops.matmul[grid, (ops.MM_THREADS, ops.MM_THREADS)](a, b, bias if has_bias else out.reshape(out.size), has_bias,
+                                                       out)
     return out
 
 

@@ -18,20 +18,28 @@ kernel            block                   grid
 ================  ======================  =============================================
 element-wise      (THREADS,)              (min(ceil(n / THREADS), MAX_BLOCKS),)
 batch_sum         (RED_THREADS,)          (n_features,)
-matmul            (MM_TILE, MM_TILE)      (ceil(M / MM_TILE), ceil(N / MM_TILE))
+matmul            (MM_THREADS, MM_THREADS)  (ceil(M / MM_TILE), ceil(N / MM_TILE))
 loss kernels      (RED_THREADS,)          (1,): one block, batch-sized work
 ================  ======================  =============================================
 """
 import math
 
-from numba import cuda
+from numba import cuda, uint32
 
 from .block import block_sum, unravel4
 
 THREADS = 256
 MAX_BLOCKS = 16384
 RED_THREADS = 256  # power of two: the tree reductions halve it
-MM_TILE = 16
+# matmul: a MM_TILE x MM_TILE block of out per block of MM_THREADS x MM_THREADS threads, each
+# thread MM_REG x MM_REG outputs (MM_TILE = MM_THREADS * MM_REG; shared shapes must be constants,
+# so both are spelled out), K staged MM_TILE_K at a time; MM_TILE_PAD keeps the transposed
+# staging of a free of bank conflicts.
+MM_THREADS = 16
+MM_REG = 4
+MM_TILE = 64
+MM_TILE_K = 16
+MM_TILE_PAD = MM_TILE + 1
 
 # Activation codes shared with the wrappers.
 RELU, LEAKY_RELU, TANH, SIGMOID = 0, 1, 2, 3
@@ -238,30 +246,61 @@ def matmul(a, b, bias, has_bias, out):
     """out = a @ b (+ bias) for a (M, K), b (K, N) of any strides (transposes are views); out
     (M, N); with ``has_bias`` bias (N,) is added as out is stored (else not read).
 
-    Classic shared-memory tiling: each block stages an MM_TILE x MM_TILE tile of a and of b per
-    step of K, so each global element is read M/MM_TILE (or N/MM_TILE) times instead of K times.
-    threadIdx.x runs along out's columns.  The sum over K runs in a fixed order.
+    Shared-memory tiles with register blocking: a block stages an MM_TILE x MM_TILE_K tile of a
+    (transposed, k-major) and an MM_TILE_K x MM_TILE tile of b per step of K, and each thread
+    accumulates an MM_REG x MM_REG block of outputs, rows ``ty + r*MM_THREADS`` and columns
+    ``tx + c*MM_THREADS``: per step of k it reads MM_REG values of a (broadcasts within a row
+    of threads) and MM_REG of b (consecutive across tx: conflict-free) for MM_REG**2
+    multiply-adds, where one output per thread read two values per multiply-add.  Each sum
+    over K runs in the order k = 0, 1, ...: the same result as one thread per output.
     """
-    ta = cuda.shared.array((MM_TILE, MM_TILE), dtype=out.dtype)
-    tb = cuda.shared.array((MM_TILE, MM_TILE), dtype=out.dtype)
+    ta = cuda.shared.array((MM_TILE_K, MM_TILE_PAD), dtype=out.dtype)
+    tb = cuda.shared.array((MM_TILE_K, MM_TILE), dtype=out.dtype)
+    acc = cuda.local.array((MM_REG, MM_REG), dtype=out.dtype)
+    ra = cuda.local.array(MM_REG, dtype=out.dtype)
+    rb = cuda.local.array(MM_REG, dtype=out.dtype)
     tx = cuda.threadIdx.x
     ty = cuda.threadIdx.y
-    i = cuda.blockIdx.x * MM_TILE + ty
-    j = cuda.blockIdx.y * MM_TILE + tx
+    tid = ty * MM_THREADS + tx
+    i0 = cuda.blockIdx.x * MM_TILE
+    j0 = cuda.blockIdx.y * MM_TILE
     n_m, n_k, n_n = a.shape[0], a.shape[1], b.shape[1]
     zero = out.dtype.type(0)
-    acc = zero
-    for k0 in range(0, n_k, MM_TILE):
-        ka = k0 + tx
-        kb = k0 + ty
-        ta[ty, tx] = a[i, ka] if i < n_m and ka < n_k else zero
-        tb[ty, tx] = b[kb, j] if kb < n_k and j < n_n else zero
+    for r in range(MM_REG):
+        for c in range(MM_REG):
+            acc[r, c] = zero
+    for k0 in range(0, n_k, MM_TILE_K):
+        cuda.syncthreads()  # the previous tiles have been read by every thread
+        for e in range(tid, MM_TILE * MM_TILE_K, MM_THREADS * MM_THREADS):
+            ii = e // MM_TILE_K  # k fastest across threads: a's rows are read in runs
+            kk = e - ii * MM_TILE_K
+            i = i0 + ii
+            k = k0 + kk
+            ta[kk, ii] = a[i, k] if i < n_m and k < n_k else zero
+        for e in range(tid, MM_TILE_K * MM_TILE, MM_THREADS * MM_THREADS):
+            kk = e // MM_TILE  # j fastest across threads: b's rows are read in runs
+            jj = e - kk * MM_TILE
+            j = j0 + jj
+            k = k0 + kk
+            tb[kk, jj] = b[k, j] if k < n_k and j < n_n else zero
         cuda.syncthreads()
-        for kk in range(MM_TILE):
-            acc += ta[ty, kk] * tb[kk, tx]
-        cuda.syncthreads()
-    if i < n_m and j < n_n:
-        out[i, j] = acc + bias[j] if has_bias else acc
+        kk = uint32(0)  # unsigned shared-memory indices: no negative-index fix-ups
+        while kk < MM_TILE_K:
+            row_a = ta[kk]
+            row_b = tb[kk]
+            for r in range(MM_REG):
+                ra[r] = row_a[uint32(ty + r * MM_THREADS)]
+                rb[r] = row_b[uint32(tx + r * MM_THREADS)]
+            for r in range(MM_REG):
+                for c in range(MM_REG):
+                    acc[r, c] += ra[r] * rb[c]
+            kk += uint32(1)
+    for r in range(MM_REG):
+        i = i0 + ty + r * MM_THREADS
+        for c in range(MM_REG):
+            j = j0 + tx + c * MM_THREADS
+            if i < n_m and j < n_n:
+                out[i, j] = acc[r, c] + bias[j] if has_bias else acc[r, c]
 
 
 @cuda.jit

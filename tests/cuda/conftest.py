@@ -96,7 +96,7 @@ _SMALL = {
     "conv": {"CONV_TX": 4, "CONV_TY": 2, "CONV_WSTAGE": 40, "RED_THREADS": 8, "SPARSE_STAGE": 5, "LOCAL_THREADS": 8,
              "LOCAL_MAX_BLOCKS": 3},
     "pool": {"POOL_THREADS": 8, "POOL_MAX_BLOCKS": 4},
-    "ops": {"THREADS": 8, "MAX_BLOCKS": 3, "RED_THREADS": 8, "MM_TILE": 4},
+    "ops": {"THREADS": 8, "MAX_BLOCKS": 3, "RED_THREADS": 8, "MM_THREADS": 2, "MM_REG": 4, "MM_TILE": 8, "MM_TILE_K": 3, "MM_TILE_PAD": 9},
     "select": {"SELECT_THREADS": 8, "SELECT_ITEMS": 2, "SELECT_MAX_BLOCKS": 3},
 }
 

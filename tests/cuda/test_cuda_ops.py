@@ -350,7 +350,8 @@ def test_hard_threshold_and_mul_in_place_match_the_host(rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shapes", [((5, 7), (7, 3)), ((1, 1), (1, 9)), ((9, 4), (4, 1)), ((3, 0), (0, 2))])
+@pytest.mark.parametrize("shapes", [((5, 7), (7, 3)), ((1, 1), (1, 9)), ((9, 4), (4, 1)), ((3, 0), (0, 2)),
+                                    ((17, 10), (10, 11))])  # several tiles along M, K and N
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True)])
 def test_matmul_matches_numpy(rng, dtype, shapes, ta, tb):
     (m, k), (_, n) = shapes
@@ -364,6 +365,19 @@ def test_matmul_matches_numpy(rng, dtype, shapes, ta, tb):
     np.testing.assert_array_equal(_host(out_b), _host(out) + bias)
     with pytest.raises(ValueError, match="bias must have shape"):
         K.matmul(_dev(a), _dev(b), transpose_a=ta, transpose_b=tb, bias=_dev(np.ones(n + 1, dtype)))
+
+
+def test_matmul_in_the_production_geometry(rng, monkeypatch):
+    """The real tile constants (16 x 16 threads, 64 x 64 outputs, K by 16) on a case with two
+    row tiles, a partial K tile and a partial column tile."""
+    from sparsenet.kernels.cuda import ops
+
+    for key, value in {"MM_THREADS": 16, "MM_REG": 4, "MM_TILE": 64, "MM_TILE_K": 16, "MM_TILE_PAD": 65}.items():
+        assert key in vars(ops)
+        monkeypatch.setattr(ops, key, value)
+    a = rng.standard_normal((70, 20)).astype(np.float32)
+    b = rng.standard_normal((20, 5)).astype(np.float32)
+    np.testing.assert_allclose(_host(K.matmul(_dev(a), _dev(b))), a @ b, rtol=2e-5, atol=2e-5)
 
 
 @settings(max_examples=15, deadline=None)
