@@ -458,15 +458,13 @@ def _nchw(a, name):
     return a
 
 
-def _conv_taps_fit(kh, kw, forward):
-    """The forward stages the filters of CONV_OB output channels at once, the backward one's."""
+def _conv_taps_fit(kh, kw):
+    """The backward's grad-input kernel stages whole filters of one channel in shared memory."""
     conv = _conv()
-    per_stage = conv.CONV_OB if forward else 1
-    if kh * kw * per_stage > conv.CONV_WSTAGE:
+    if kh * kw > conv.CONV_WSTAGE:
         raise NotImplementedError(
-            f"conv2d {'forward' if forward else 'backward'} on CUDA stages whole filters of {per_stage} "
-            f"output channel(s), at most {conv.CONV_WSTAGE // per_stage} taps each, in shared memory; "
-            f"got a {kh}x{kw} kernel"
+            f"conv2d backward on CUDA stages whole filters, at most {conv.CONV_WSTAGE} taps, in shared "
+            f"memory; got a {kh}x{kw} kernel"
         )
 
 
@@ -483,7 +481,6 @@ def conv2d(x, weight, bias, stride, padding, dilation):
     x, weight = _nchw(x, "x"), _nchw(weight, "weight")
     n = x.shape[0]
     o, _, kh, kw = weight.shape
-    _conv_taps_fit(kh, kw, forward=True)
     out_h = _out_size(x.shape[2], kh, stride[0], padding[0], dilation[0])
     out_w = _out_size(x.shape[3], kw, stride[1], padding[1], dilation[1])
     out = empty((n, o, max(out_h, 0), max(out_w, 0)), x.dtype)
@@ -491,9 +488,13 @@ def conv2d(x, weight, bias, stride, padding, dilation):
     if out.size == 0:
         return out
     groups = x.shape[1] // weight.shape[1]
-    o_blocks = math.ceil(o // groups / conv.CONV_OB)  # CONV_OB channels of one group per block
-    grid, block = _tiled_grid(n * groups * o_blocks, out_h, out_w)
-    conv.conv2d_fwd[grid, block](x, weight, bias, *stride, *padding, *dilation, out)
+    # Output pixels on grid x (up to 2**31 - 1 blocks), filter tiles on y, groups on z.
+    grid = (math.ceil(n * out_h * out_w / conv.GEMM_TILE), math.ceil(o // groups / conv.GEMM_TILE), groups)
+    if grid[1] > 65535 or grid[2] > 65535:
+        raise ValueError(f"conv2d on the GPU takes at most {65535 * conv.GEMM_TILE} filters a group and 65535 "
+                         f"groups; got {o // groups} and {groups}")
+    conv.conv2d_fwd[grid, (conv.GEMM_THREADS, conv.GEMM_THREADS)](
+        x, contiguous(weight, "weight").reshape(o, weight.size // o), kh, kw, bias, *stride, *padding, *dilation, out)
     return out
 
 
@@ -502,7 +503,7 @@ def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, ne
     conv = _conv()
     g, x, weight = _nchw(g, "g"), _nchw(x, "x"), _nchw(weight, "weight")
     o, c_g, kh, kw = weight.shape
-    _conv_taps_fit(kh, kw, forward=False)
+    _conv_taps_fit(kh, kw)
     grad_x = grad_w = None
     if need_input:
         grad_x = empty(x.shape, x.dtype)

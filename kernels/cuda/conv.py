@@ -4,14 +4,13 @@ x (N, C, H, W), weight (O, C/groups, KH, KW), stride (sh, sw), padding (ph, pw),
 (dh, dw); groups implied by ``C // weight.shape[1]``.  Padding is never materialised: taps that
 fall outside the input are skipped by bounds checks.
 
-* ``conv2d_fwd``: a block computes a CONV_TY x CONV_TX tile of CONV_OB output planes (n, o..):
-  threadIdx.x runs along output columns, so the input reads ``x[n, c, a, b..]`` of a warp are
-  consecutive for stride 1 (coalesced), and each read serves CONV_OB output channels.  Their
-  filters are staged in shared memory CONV_WSTAGE elements at a time (whole input channels per
-  chunk) and read as broadcasts: every thread of the block uses every weight.
-* ``conv2d_grad_input``: the same tiling over input planes (n, c), gathering from every output
-  position that reads (a, b); ``weight[:, c]`` of the group is staged in shared memory.  One
-  writer per element: no atomics.
+* ``conv2d_fwd``: an implicit GEMM, per group out (O/groups, N*OH*OW) = weight (O/groups,
+  C/groups*KH*KW) @ patches, the patch matrix gathered tile by tile from x and never stored;
+  tiled and register-blocked like ``ops.matmul`` (GEMM_* constants).
+* ``conv2d_grad_input``: a block computes a CONV_TY x CONV_TX tile of an input plane (n, c),
+  threadIdx.x along columns (coalesced), gathering from every output position that reads
+  (a, b); ``weight[:, c]`` of the group is staged in shared memory CONV_WSTAGE taps at a time.
+  One writer per element: no atomics.
 * ``conv2d_grad_weight`` / ``channel_sum``: one block per weight element (or per output
   channel for the bias gradient), threads striding over the output pixels (r, j) with j
   fastest (coalesced), each summing its pixel over the batch, then a fixed shared-memory tree
@@ -26,7 +25,7 @@ Geometry (computed beside each launch by the wrappers):
 ====================  ====================  ==============================================
 kernel                block                 grid
 ====================  ====================  ==============================================
-conv2d_fwd            (CONV_TX, CONV_TY)    (N*groups*ceil(O/groups/CONV_OB) * ceil(OH/CONV_TY) * ceil(OW/CONV_TX),)
+conv2d_fwd            (GEMM_THREADS,) * 2   (ceil(N*OH*OW/GEMM_TILE), ceil(O/groups/GEMM_TILE), groups)
 conv2d_grad_input     (CONV_TX, CONV_TY)    (N*C * ceil(H/CONV_TY) * ceil(W/CONV_TX),)
 conv2d_grad_weight    (RED_THREADS,)        (O * C/groups * KH * KW,)
 channel_sum           (RED_THREADS,)        (O,)
@@ -39,92 +38,124 @@ from .block import block_sum, unravel4
 CONV_TX = 32
 CONV_TY = 8
 CONV_WSTAGE = 2048  # weights staged per chunk: 8 KiB float32 / 16 KiB float64
-CONV_OB = 4  # output channels per forward thread; conv2d_fwd keeps exactly four accumulators
+# conv2d_fwd, an implicit GEMM tiled like ops.matmul: GEMM_TILE filters x GEMM_TILE output pixels a
+# block of GEMM_THREADS x GEMM_THREADS threads, GEMM_REG x GEMM_REG a thread, K by GEMM_TILE_K.
+# GEMM_TILE = GEMM_THREADS * GEMM_REG, and GEMM_THREADS**2 is a multiple of GEMM_TILE: each
+# thread stages one fixed column of the patch tile.
+GEMM_THREADS = 16
+GEMM_REG = 4
+GEMM_TILE = 64
+GEMM_TILE_K = 16
+GEMM_PAD = GEMM_TILE + 1
 RED_THREADS = 256  # power of two: the tree reduction halves it
 SPARSE_STAGE = 256  # weight-sparse filter taps decoded into shared memory per chunk
 
 
 @cuda.jit
-def conv2d_fwd(x, weight, bias, sh, sw, ph, pw, dh, dw, out):
+def conv2d_fwd(x, weight, kh, kw, bias, sh, sw, ph, pw, dh, dw, out):
     """out[n, o, r, j] = bias[o] + sum_{c, p, q} weight[o, c, p, q] * x[n, c0 + c, r*sh - ph + p*dh,
     j*sw - pw + q*dw] (c0 = first input channel of o's group; out-of-range taps are zero).
 
-    bias (O,) (zeros when the layer has none); out (N, O, OH, OW) preallocated and overwritten.
-    O(N*O*OH*OW*C/groups*KH*KW).
+    weight (O, C/groups*KH*KW): the filters flattened in (c, p, q) order (a free view of the
+    4-D weight), with (kh, kw) given; bias (O,) (zeros when the layer has none); out (N, O, OH,
+    OW) preallocated and overwritten.  O(N*O*OH*OW*C/groups*KH*KW).
 
-    A block owns CONV_OB output channels of one group (the last block of a group may own
-    fewer) and a tile of their planes; each thread computes its pixel for all of them, so every
-    input load feeds CONV_OB multiply-adds (the index arithmetic and the load, not the
-    arithmetic, bound a direct convolution).  The stage holds the weights of whole input
-    channels as [channel, tap, CONV_OB], the CONV_OB weights of a tap side by side.
+    An implicit GEMM: per group, out (O/groups, N*OH*OW) = weight (O/groups, K) @ patches (K,
+    N*OH*OW), the patch matrix never stored.  A block computes a GEMM_TILE x GEMM_TILE tile (filters
+    x output pixels), each thread GEMM_REG x GEMM_REG of it, with K staged GEMM_TILE_K at a time
+    as in ``ops.matmul``: every staged input value serves GEMM_TILE filters and every staged
+    weight GEMM_TILE pixels, where the direct kernel re-read each input for every four filters.
+    The patch tile is gathered from x: a thread always loads the same pixel column of it (its
+    (n, r, j) decoded once), and each K step's taps are decoded once per block into shared memory.
+    Each output's sum runs over k = (c, p, q) in order, padding taps adding nothing.
     """
-    stage = cuda.shared.array(CONV_WSTAGE, dtype=weight.dtype)
-    n_c, h, w = x.shape[1], x.shape[2], x.shape[3]
-    n_o, c_g, kh, kw = weight.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]
+    ta = cuda.shared.array((GEMM_TILE_K, GEMM_PAD), dtype=out.dtype)
+    tb = cuda.shared.array((GEMM_TILE_K, GEMM_TILE), dtype=out.dtype)
+    k_c = cuda.shared.array(GEMM_TILE_K, dtype=int32)  # the K step's taps: input channel,
+    k_dy = cuda.shared.array(GEMM_TILE_K, dtype=int32)  # row shift p*dh, column shift q*dw
+    k_dx = cuda.shared.array(GEMM_TILE_K, dtype=int32)
+    acc = cuda.local.array((GEMM_REG, GEMM_REG), dtype=out.dtype)
+    ra = cuda.local.array(GEMM_REG, dtype=out.dtype)
+    rb = cuda.local.array(GEMM_REG, dtype=out.dtype)
+    n_batch, n_c, h, w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    n_o, n_k = weight.shape[0], weight.shape[1]
     out_h, out_w = out.shape[2], out.shape[3]
-    groups = n_c // c_g
-    o_g = n_o // groups
-    o_blocks = (o_g + CONV_OB - 1) // CONV_OB
-    tiles_j = (out_w + CONV_TX - 1) // CONV_TX
-    n_tiles = ((out_h + CONV_TY - 1) // CONV_TY) * tiles_j
-    plane = cuda.blockIdx.x // n_tiles  # one flat grid axis: grid y would cap tiles at 65,535
-    tile = cuda.blockIdx.x - plane * n_tiles
-    n = plane // (groups * o_blocks)
-    rest = plane - n * (groups * o_blocks)
-    grp = rest // o_blocks
-    o0 = grp * o_g + (rest - grp * o_blocks) * CONV_OB
-    n_ob = min(CONV_OB, (grp + 1) * o_g - o0)  # channels of this block: 1 .. CONV_OB
-    tile_r = tile // tiles_j
-    r = tile_r * CONV_TY + cuda.threadIdx.y
-    j = (tile - tile_r * tiles_j) * CONV_TX + cuda.threadIdx.x
-    inside = r < out_h and j < out_w  # no early return: every thread meets the syncthreads
-    c_first = grp * c_g
     taps = kh * kw
-    per_chunk = CONV_WSTAGE // (taps * CONV_OB)  # >= 1: the wrapper checks taps * CONV_OB <= CONV_WSTAGE
-    tid = cuda.threadIdx.y * CONV_TX + cuda.threadIdx.x
-    x_n = x[uint32(n)]
+    c_g = n_k // taps
+    o_g = n_o // (n_c // c_g)
+    grp = cuda.blockIdx.z
+    c_first = grp * c_g
+    o_first = grp * o_g
+    plane = out_h * out_w
+    n_pix = n_batch * plane
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    tid = ty * GEMM_THREADS + tx
+    pix0 = cuda.blockIdx.x * GEMM_TILE
+    o0 = cuda.blockIdx.y * GEMM_TILE
+    # The patch column this thread stages (the same at every K step).
+    col = tid % GEMM_TILE
+    pix = pix0 + col
+    has_pix = pix < n_pix
+    n_s = pix // plane if has_pix else 0
+    rest = pix - n_s * plane
+    r = rest // out_w
+    top = int32(r * sh - ph)
+    left = int32((rest - r * out_w) * sw - pw)
+    x_n = x[uint32(n_s)]
+    uh = uint32(h)
+    uw = uint32(w)
     zero = out.dtype.type(0)
-    acc0 = zero
-    acc1 = zero
-    acc2 = zero
-    acc3 = zero
-    for c0 in range(0, c_g, per_chunk):
-        cn = min(per_chunk, c_g - c0)
-        cuda.syncthreads()  # the previous chunk has been used by every thread
-        for t in range(tid, cn * taps * CONV_OB, CONV_TX * CONV_TY):
-            ct = t // CONV_OB
-            i = t - ct * CONV_OB
-            cc = ct // taps
-            pq = ct - cc * taps
+    for i in range(GEMM_REG):
+        for j in range(GEMM_REG):
+            acc[i, j] = zero
+    for k0 in range(0, n_k, GEMM_TILE_K):
+        cuda.syncthreads()  # the previous tiles and taps have been read by every thread
+        if tid < GEMM_TILE_K:
+            k = k0 + tid
+            c = k // taps
+            pq = k - c * taps
+            p = pq // kw
+            k_c[tid] = c_first + c
+            k_dy[tid] = p * dh
+            k_dx[tid] = (pq - p * kw) * dw
+        for e in range(tid, GEMM_TILE * GEMM_TILE_K, GEMM_THREADS * GEMM_THREADS):
+            ii = e // GEMM_TILE_K  # k fastest across threads: a filter's taps are read in runs
+            kk = e - ii * GEMM_TILE_K
+            o = o0 + ii
+            k = k0 + kk
+            ta[kk, ii] = weight[o_first + o, k] if o < o_g and k < n_k else zero
+        cuda.syncthreads()  # the taps are decoded
+        for kk in range(tid // GEMM_TILE, GEMM_TILE_K, (GEMM_THREADS * GEMM_THREADS) // GEMM_TILE):
+            a = _wrap32(top + k_dy[kk])  # a tap in the padding wraps to >= h: one compare
+            b = _wrap32(left + k_dx[kk])
             value = zero
-            if i < n_ob:  # channels past the group's end weigh nothing
-                value = weight[o0 + i, c0 + cc, pq // kw, pq - (pq // kw) * kw]
-            stage[t] = value
+            if has_pix and k0 + kk < n_k and a < uh and b < uw:
+                value = x_n[uint32(k_c[kk]), a, b]
+            tb[kk, col] = value
         cuda.syncthreads()
-        if inside:
-            for cc in range(cn):
-                x_c = x_n[uint32(c_first + c0 + cc)]  # views and unsigned indices: the address
-                for p in range(kh):                # work of a tap is one add, not a 4-D product
-                    a = r * sh - ph + p * dh
-                    if a >= 0 and a < h:
-                        x_row = x_c[uint32(a)]
-                        for q in range(kw):
-                            b = j * sw - pw + q * dw
-                            if b >= 0 and b < w:
-                                xv = x_row[uint32(b)]
-                                s = uint32(((cc * kh + p) * kw + q) * CONV_OB)
-                                acc0 += stage[s] * xv
-                                acc1 += stage[s + uint32(1)] * xv
-                                acc2 += stage[s + uint32(2)] * xv
-                                acc3 += stage[s + uint32(3)] * xv
-    if inside:
-        out[n, o0, r, j] = acc0 + bias[o0]
-        if n_ob > 1:
-            out[n, o0 + 1, r, j] = acc1 + bias[o0 + 1]
-        if n_ob > 2:
-            out[n, o0 + 2, r, j] = acc2 + bias[o0 + 2]
-        if n_ob > 3:
-            out[n, o0 + 3, r, j] = acc3 + bias[o0 + 3]
+        kk = uint32(0)  # unsigned shared-memory indices: no negative-index fix-ups
+        while kk < GEMM_TILE_K:
+            row_a = ta[kk]
+            row_b = tb[kk]
+            for i in range(GEMM_REG):
+                ra[i] = row_a[uint32(ty + i * GEMM_THREADS)]
+                rb[i] = row_b[uint32(tx + i * GEMM_THREADS)]
+            for i in range(GEMM_REG):
+                for j in range(GEMM_REG):
+                    acc[i, j] += ra[i] * rb[j]
+            kk += uint32(1)
+    for j in range(GEMM_REG):
+        pix = pix0 + tx + j * GEMM_THREADS
+        if pix < n_pix:
+            n_s = pix // plane
+            rest = pix - n_s * plane
+            r = rest // out_w
+            q = rest - r * out_w
+            for i in range(GEMM_REG):
+                o = o0 + ty + i * GEMM_THREADS
+                if o < o_g:
+                    out[n_s, o_first + o, r, q] = acc[i, j] + bias[o_first + o]
 
 
 @cuda.jit(device=True, inline="always")

@@ -110,17 +110,20 @@ def test_conv2d_backward_flags_and_big_kernel(rng):
     g = rng.standard_normal((1, 1, 3, 3))
     gx, gw = kc.conv2d_backward(_dev(g), _dev(x), _dev(w), (1, 1), (0, 0), (1, 1), need_input=False)
     assert gx is None and gw is not None
-    # One tap more than a filter stage holds (the constant is shrunk in the simulator).
+    # The backward stages one channel's filter: a kernel of exactly a stage's taps fits (the
+    # constant is shrunk in the simulator), one tap more does not.  The forward (an implicit GEMM)
+    # takes any kernel.
     from sparsenet.kernels.cuda import conv
 
-    k = math.isqrt(conv.CONV_WSTAGE // conv.CONV_OB) + 1
-    x_big, w_big = _dev(np.zeros((1, 1, k, k))), _dev(np.zeros((1, 1, k, k)))
-    with pytest.raises(NotImplementedError, match="forward.*taps"):
-        kc.conv2d(x_big, w_big, None, (1, 1), (0, 0), (1, 1))
-    # the backward stages one channel's filter: the same kernel fits there
-    gx, gw = kc.conv2d_backward(_dev(np.zeros((1, 1, 1, 1))), x_big, w_big, (1, 1), (0, 0), (1, 1))
-    assert gx.shape == (1, 1, k, k) and gw.shape == (1, 1, k, k)
+    k = math.isqrt(conv.CONV_WSTAGE)
+    x_big, w_big = rng.standard_normal((1, 1, k + 1, k + 1)), rng.standard_normal((1, 1, k, k))
+    y = kc.conv2d(_dev(x_big), _dev(w_big), None, (1, 1), (0, 0), (1, 1))
+    np.testing.assert_allclose(_host(y), ref.conv2d(x_big, w_big, None, (1, 1), (0, 0), (1, 1), 1), **_tol(np.float64))
+    gx, gw = kc.conv2d_backward(_dev(np.zeros((1, 1, 2, 2))), _dev(x_big), _dev(w_big), (1, 1), (0, 0), (1, 1))
+    assert gx.shape == (1, 1, k + 1, k + 1) and gw.shape == (1, 1, k, k)
     k = math.isqrt(conv.CONV_WSTAGE) + 1
+    assert kc.conv2d(_dev(np.zeros((1, 1, k, k))), _dev(np.zeros((1, 1, k, k))), None, (1, 1), (0, 0),
+                     (1, 1)).shape == (1, 1, 1, 1)
     with pytest.raises(NotImplementedError, match="backward.*taps"):
         kc.conv2d_backward(_dev(np.zeros((1, 1, 1, 1))), _dev(np.zeros((1, 1, k, k))),
                            _dev(np.zeros((1, 1, k, k))), (1, 1), (0, 0), (1, 1))
@@ -167,3 +170,19 @@ def test_max_pool_nan_wins(rng):
     gx = _host(kc.max_pool2d_backward(_dev(g), _dev(x), (2, 2), (2, 2), (0, 0)))
     np.testing.assert_array_equal(gx, ref.max_pool2d_backward(g, x, (2, 2), (2, 2), (0, 0)))
     assert gx[0, 0, 1, 0] == 1 and gx[0, 0, 1, 1] == 0
+
+
+def test_conv2d_forward_in_the_production_geometry(rng, monkeypatch):
+    """The real implicit-GEMM tile (16 x 16 threads, 64 filters x 64 pixels, K by 16) on a case
+    with two pixel tiles, a partial filter tile, a partial K tile, padding and a stride."""
+    from sparsenet.kernels.cuda import conv
+
+    for key, value in {"GEMM_THREADS": 16, "GEMM_REG": 4, "GEMM_TILE": 64, "GEMM_TILE_K": 16,
+                       "GEMM_PAD": 65}.items():
+        assert key in vars(conv)
+        monkeypatch.setattr(conv, key, value)
+    x = rng.standard_normal((2, 3, 9, 10)).astype(np.float32)
+    w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(5).astype(np.float32)
+    y = _kc().conv2d(_dev(x), _dev(w), _dev(bias), (1, 2), (1, 1), (1, 1))
+    np.testing.assert_allclose(_host(y), ref.conv2d(x, w, bias, (1, 2), (1, 1), (1, 1), 1), **_tol(np.float32))
