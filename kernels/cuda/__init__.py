@@ -458,16 +458,6 @@ def _nchw(a, name):
     return a
 
 
-def _conv_taps_fit(kh, kw):
-    """The backward's grad-input kernel stages whole filters of one channel in shared memory."""
-    conv = _conv()
-    if kh * kw > conv.CONV_WSTAGE:
-        raise NotImplementedError(
-            f"conv2d backward on CUDA stages whole filters, at most {conv.CONV_WSTAGE} taps, in shared "
-            f"memory; got a {kh}x{kw} kernel"
-        )
-
-
 def _tiled_grid(planes, height, width):
     conv = _conv()
     block = (conv.CONV_TX, conv.CONV_TY)
@@ -488,14 +478,26 @@ def conv2d(x, weight, bias, stride, padding, dilation):
     if out.size == 0:
         return out
     groups = x.shape[1] // weight.shape[1]
-    # Output pixels on grid x (up to 2**31 - 1 blocks), filter tiles on y, groups on z.
-    grid = (math.ceil(n * out_h * out_w / conv.GEMM_TILE), math.ceil(o // groups / conv.GEMM_TILE), groups)
-    if grid[1] > 65535 or grid[2] > 65535:
-        raise ValueError(f"conv2d on the GPU takes at most {65535 * conv.GEMM_TILE} filters a group and 65535 "
-                         f"groups; got {o // groups} and {groups}")
-    conv.conv2d_fwd[grid, (conv.GEMM_THREADS, conv.GEMM_THREADS)](
-        x, contiguous(weight, "weight").reshape(o, weight.size // o), kh, kw, bias, *stride, *padding, *dilation, out)
+    grid, block = _gemm_grid(n * out_h * out_w, o // groups, groups)
+    conv.conv2d_fwd[grid, block](x, _flat_filters(weight), kh, kw, bias, *stride, *padding, *dilation, out)
     return out
+
+
+def _gemm_grid(pixels, channels, groups):
+    """Grid and block of the implicit-GEMM conv kernels: pixel tiles on grid x (up to 2**31 - 1
+    blocks), channel tiles on y and groups on z (up to 65,535 each)."""
+    conv = _conv()
+    grid = (math.ceil(pixels / conv.GEMM_TILE), math.ceil(channels / conv.GEMM_TILE), groups)
+    if grid[1] > 65535 or grid[2] > 65535:
+        raise ValueError(f"conv2d on the GPU takes at most {65535 * conv.GEMM_TILE} channels a group and 65535 "
+                         f"groups; got {channels} and {groups}")
+    return grid, (conv.GEMM_THREADS, conv.GEMM_THREADS)
+
+
+def _flat_filters(weight):
+    """(O, C/groups, KH, KW) -> the (O, C/groups*KH*KW) view the GEMM kernels read."""
+    o = weight.shape[0]
+    return contiguous(weight, "weight").reshape(o, weight.size // max(o, 1))
 
 
 def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, need_weight=True):
@@ -503,13 +505,14 @@ def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, ne
     conv = _conv()
     g, x, weight = _nchw(g, "g"), _nchw(x, "x"), _nchw(weight, "weight")
     o, c_g, kh, kw = weight.shape
-    _conv_taps_fit(kh, kw)
     grad_x = grad_w = None
     if need_input:
         grad_x = empty(x.shape, x.dtype)
         if grad_x.size:
-            grid, block = _tiled_grid(x.shape[0] * x.shape[1], x.shape[2], x.shape[3])
-            conv.conv2d_grad_input[grid, block](g, weight, *stride, *padding, *dilation, grad_x)
+            n, c, h, w = x.shape
+            grid, block = _gemm_grid(n * h * w, c_g, c // c_g)
+            conv.conv2d_grad_input[grid, block](g, _flat_filters(weight), kh, kw, *stride, *padding, *dilation,
+                                                grad_x)
     if need_weight:
         grad_w = empty(weight.shape, x.dtype)
         if grad_w.size:

@@ -7,10 +7,9 @@ fall outside the input are skipped by bounds checks.
 * ``conv2d_fwd``: an implicit GEMM, per group out (O/groups, N*OH*OW) = weight (O/groups,
   C/groups*KH*KW) @ patches, the patch matrix gathered tile by tile from x and never stored;
   tiled and register-blocked like ``ops.matmul`` (GEMM_* constants).
-* ``conv2d_grad_input``: a block computes a CONV_TY x CONV_TX tile of an input plane (n, c),
-  threadIdx.x along columns (coalesced), gathering from every output position that reads
-  (a, b); ``weight[:, c]`` of the group is staged in shared memory CONV_WSTAGE taps at a time.
-  One writer per element: no atomics.
+* ``conv2d_grad_input``: the same implicit GEMM transposed, gx (C/groups, N*H*W) =
+  weights^T @ the outputs that read each input pixel, gathered from g.  One writer per
+  element: no atomics.
 * ``conv2d_grad_weight`` / ``channel_sum``: one block per weight element (or per output
   channel for the bias gradient), threads striding over the output pixels (r, j) with j
   fastest (coalesced), each summing its pixel over the batch, then a fixed shared-memory tree
@@ -26,7 +25,7 @@ Geometry (computed beside each launch by the wrappers):
 kernel                block                 grid
 ====================  ====================  ==============================================
 conv2d_fwd            (GEMM_THREADS,) * 2   (ceil(N*OH*OW/GEMM_TILE), ceil(O/groups/GEMM_TILE), groups)
-conv2d_grad_input     (CONV_TX, CONV_TY)    (N*C * ceil(H/CONV_TY) * ceil(W/CONV_TX),)
+conv2d_grad_input     (GEMM_THREADS,) * 2   (ceil(N*H*W/GEMM_TILE), ceil(C/groups/GEMM_TILE), groups)
 conv2d_grad_weight    (RED_THREADS,)        (O * C/groups * KH * KW,)
 channel_sum           (RED_THREADS,)        (O,)
 ====================  ====================  ==============================================
@@ -35,11 +34,11 @@ from numba import cuda, int32, int64, uint32, uint64
 
 from .block import block_sum, unravel4
 
-CONV_TX = 32
+CONV_TX = 32  # the weight-sparse kernels' pixel tiles
 CONV_TY = 8
-CONV_WSTAGE = 2048  # weights staged per chunk: 8 KiB float32 / 16 KiB float64
-# conv2d_fwd, an implicit GEMM tiled like ops.matmul: GEMM_TILE filters x GEMM_TILE output pixels a
-# block of GEMM_THREADS x GEMM_THREADS threads, GEMM_REG x GEMM_REG a thread, K by GEMM_TILE_K.
+# conv2d_fwd and conv2d_grad_input, implicit GEMMs tiled like ops.matmul: GEMM_TILE channels x
+# GEMM_TILE pixels a block of GEMM_THREADS x GEMM_THREADS threads, GEMM_REG x GEMM_REG a thread,
+# K by GEMM_TILE_K.
 # GEMM_TILE = GEMM_THREADS * GEMM_REG, and GEMM_THREADS**2 is a multiple of GEMM_TILE: each
 # thread stages one fixed column of the patch tile.
 GEMM_THREADS = 16
@@ -49,6 +48,35 @@ GEMM_TILE_K = 16
 GEMM_PAD = GEMM_TILE + 1
 RED_THREADS = 256  # power of two: the tree reduction halves it
 SPARSE_STAGE = 256  # weight-sparse filter taps decoded into shared memory per chunk
+
+
+@cuda.jit(device=True, inline="always")
+def _tile_mma(ta, tb, acc, ra, rb):
+    """acc[i, j] += sum_kk ta[kk, ty + i*GEMM_THREADS] * tb[kk, tx + j*GEMM_THREADS], kk in order:
+    one K step of a register-blocked tile product (as in ``ops.matmul``).  Unsigned
+    shared-memory indices: no negative-index fix-ups."""
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    kk = uint32(0)
+    while kk < GEMM_TILE_K:
+        row_a = ta[kk]
+        row_b = tb[kk]
+        for i in range(GEMM_REG):
+            ra[i] = row_a[uint32(ty + i * GEMM_THREADS)]
+            rb[i] = row_b[uint32(tx + i * GEMM_THREADS)]
+        for i in range(GEMM_REG):
+            for j in range(GEMM_REG):
+                acc[i, j] += ra[i] * rb[j]
+        kk += uint32(1)
+
+
+@cuda.jit(device=True, inline="always")
+def _pixel(pix, plane, width):
+    """(n, row, column) of flat pixel index ``pix`` over (N, planes of ``plane`` = rows * width)."""
+    n = pix // plane
+    rest = pix - n * plane
+    row = rest // width
+    return n, row, rest - row * width
 
 
 @cuda.jit
@@ -97,11 +125,9 @@ def conv2d_fwd(x, weight, kh, kw, bias, sh, sw, ph, pw, dh, dw, out):
     col = tid % GEMM_TILE
     pix = pix0 + col
     has_pix = pix < n_pix
-    n_s = pix // plane if has_pix else 0
-    rest = pix - n_s * plane
-    r = rest // out_w
+    n_s, r, q = _pixel(pix if has_pix else 0, plane, out_w)
     top = int32(r * sh - ph)
-    left = int32((rest - r * out_w) * sw - pw)
+    left = int32(q * sw - pw)
     x_n = x[uint32(n_s)]
     uh = uint32(h)
     uw = uint32(w)
@@ -134,24 +160,11 @@ def conv2d_fwd(x, weight, kh, kw, bias, sh, sw, ph, pw, dh, dw, out):
                 value = x_n[uint32(k_c[kk]), a, b]
             tb[kk, col] = value
         cuda.syncthreads()
-        kk = uint32(0)  # unsigned shared-memory indices: no negative-index fix-ups
-        while kk < GEMM_TILE_K:
-            row_a = ta[kk]
-            row_b = tb[kk]
-            for i in range(GEMM_REG):
-                ra[i] = row_a[uint32(ty + i * GEMM_THREADS)]
-                rb[i] = row_b[uint32(tx + i * GEMM_THREADS)]
-            for i in range(GEMM_REG):
-                for j in range(GEMM_REG):
-                    acc[i, j] += ra[i] * rb[j]
-            kk += uint32(1)
+        _tile_mma(ta, tb, acc, ra, rb)
     for j in range(GEMM_REG):
         pix = pix0 + tx + j * GEMM_THREADS
         if pix < n_pix:
-            n_s = pix // plane
-            rest = pix - n_s * plane
-            r = rest // out_w
-            q = rest - r * out_w
+            n_s, r, q = _pixel(pix, plane, out_w)
             for i in range(GEMM_REG):
                 o = o0 + ty + i * GEMM_THREADS
                 if o < o_g:
@@ -166,69 +179,100 @@ def _output_reading(pos, pad, tap, dil, stride, n_out):
     t = pos + pad - tap * dil
     if t < 0:
         return False, uint32(0)
+    if stride == 1:  # the common case, uniform across the block: no division
+        return t < n_out, uint32(t)
     i = uint32(t) // uint32(stride)
     return i * uint32(stride) == uint32(t) and i < n_out, i
 
 
 @cuda.jit
-def conv2d_grad_input(g, weight, sh, sw, ph, pw, dh, dw, gx):
+def conv2d_grad_input(g, weight, kh, kw, sh, sw, ph, pw, dh, dw, gx):
     """gx[n, c, a, b] = sum over o in c's group and taps (p, q) with a = r*sh - ph + p*dh,
     b = j*sw - pw + q*dw of weight[o, c - c0, p, q] * g[n, o, r, j].
 
-    g (N, O, OH, OW); gx (N, C, H, W) preallocated and overwritten.
+    g (N, O, OH, OW); weight (O, C/groups*KH*KW), the filters flattened (a free view); gx (N, C,
+    H, W) preallocated and overwritten.
+
+    The forward's implicit GEMM transposed: per group, gx (C/groups, N*H*W) = weights^T
+    (C/groups, O/groups*KH*KW) @ gathered g, where the row k = (o, p, q) of the gathered matrix
+    holds, for input pixel (n, a, b), the output g[n, o, r, j] that reads (a, b) at tap (p, q)
+    (zero when none does: a stride skips it, or it falls outside).  Tiled, register-blocked and
+    staged as ``conv2d_fwd``; each K step's (o, p, q) decoded once per block.  One writer per
+    element, sums over k in order: no atomics, deterministic.
     """
-    stage = cuda.shared.array(CONV_WSTAGE, dtype=weight.dtype)
-    n_c, h, w = gx.shape[1], gx.shape[2], gx.shape[3]
-    n_o, c_g, kh, kw = weight.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]
-    out_h, out_w = g.shape[2], g.shape[3]
-    tiles_b = (w + CONV_TX - 1) // CONV_TX
-    n_tiles = ((h + CONV_TY - 1) // CONV_TY) * tiles_b
-    plane = cuda.blockIdx.x // n_tiles
-    tile = cuda.blockIdx.x - plane * n_tiles
-    n = plane // n_c
-    c = plane - n * n_c
-    tile_a = tile // tiles_b
-    a = tile_a * CONV_TY + cuda.threadIdx.y
-    b = (tile - tile_a * tiles_b) * CONV_TX + cuda.threadIdx.x
-    inside = a < h and b < w
+    ta = cuda.shared.array((GEMM_TILE_K, GEMM_PAD), dtype=gx.dtype)
+    tb = cuda.shared.array((GEMM_TILE_K, GEMM_TILE), dtype=gx.dtype)
+    k_o = cuda.shared.array(GEMM_TILE_K, dtype=int32)  # the K step's filter (absolute), flat
+    k_pq = cuda.shared.array(GEMM_TILE_K, dtype=int32)  # tap and its (row, column)
+    k_p = cuda.shared.array(GEMM_TILE_K, dtype=int32)
+    k_q = cuda.shared.array(GEMM_TILE_K, dtype=int32)
+    acc = cuda.local.array((GEMM_REG, GEMM_REG), dtype=gx.dtype)
+    ra = cuda.local.array(GEMM_REG, dtype=gx.dtype)
+    rb = cuda.local.array(GEMM_REG, dtype=gx.dtype)
+    n_batch, n_c, h, w = gx.shape[0], gx.shape[1], gx.shape[2], gx.shape[3]
+    n_o, out_h, out_w = g.shape[1], g.shape[2], g.shape[3]
+    taps = kh * kw
+    c_g = weight.shape[1] // taps
     groups = n_c // c_g
     o_g = n_o // groups
-    grp = c // c_g
-    ci = c - grp * c_g
-    taps = kh * kw
-    per_chunk = CONV_WSTAGE // taps
-    tid = cuda.threadIdx.y * CONV_TX + cuda.threadIdx.x
-    gn = g[uint32(n)]
-    utaps = uint32(taps)
-    acc = gx.dtype.type(0)
-    for o0 in range(0, o_g, per_chunk):
-        on = uint32(min(per_chunk, o_g - o0))
+    n_k = o_g * taps
+    grp = cuda.blockIdx.z
+    c_first = grp * c_g
+    o_first = grp * o_g
+    plane = h * w
+    n_pix = n_batch * plane
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    tid = ty * GEMM_THREADS + tx
+    pix0 = cuda.blockIdx.x * GEMM_TILE
+    c0 = cuda.blockIdx.y * GEMM_TILE
+    col = tid % GEMM_TILE  # the input pixel this thread gathers for (the same at every K step)
+    pix = pix0 + col
+    has_pix = pix < n_pix
+    n_s, a, b = _pixel(pix if has_pix else 0, plane, w)
+    g_n = g[uint32(n_s)]
+    zero = gx.dtype.type(0)
+    for i in range(GEMM_REG):
+        for j in range(GEMM_REG):
+            acc[i, j] = zero
+    for k0 in range(0, n_k, GEMM_TILE_K):
+        cuda.syncthreads()  # the previous tiles and taps have been read by every thread
+        if tid < GEMM_TILE_K:
+            k = k0 + tid
+            o = k // taps
+            pq = k - o * taps
+            p = pq // kw
+            k_o[tid] = o_first + o
+            k_pq[tid] = pq
+            k_p[tid] = p
+            k_q[tid] = pq - p * kw
+        cuda.syncthreads()  # the taps are decoded
+        for e in range(tid, GEMM_TILE * GEMM_TILE_K, GEMM_THREADS * GEMM_THREADS):
+            kk = e // GEMM_TILE  # c fastest across threads
+            ii = e - kk * GEMM_TILE
+            c = c0 + ii
+            value = zero
+            if c < c_g and k0 + kk < n_k:
+                value = weight[k_o[kk], c * taps + k_pq[kk]]
+            ta[kk, ii] = value
+        for kk in range(tid // GEMM_TILE, GEMM_TILE_K, (GEMM_THREADS * GEMM_THREADS) // GEMM_TILE):
+            value = zero
+            if has_pix and k0 + kk < n_k:
+                reads_r, r = _output_reading(a, ph, k_p[kk], dh, sh, out_h)
+                reads_j, j = _output_reading(b, pw, k_q[kk], dw, sw, out_w)
+                if reads_r and reads_j:
+                    value = g_n[uint32(k_o[kk]), r, j]
+            tb[kk, col] = value
         cuda.syncthreads()
-        for t in range(tid, on * taps, CONV_TX * CONV_TY):
-            oo = t // taps
-            pq = t - oo * taps
-            stage[t] = weight[grp * o_g + o0 + oo, ci, pq // kw, pq - (pq // kw) * kw]
-        cuda.syncthreads()
-        if inside:
-            # Taps outside, filters inside: a tap's two divisions (and its padding test) serve
-            # every filter of the chunk, and the inner loop is a load, a broadcast and an FMA.
-            for p in range(kh):
-                reads_r, r = _output_reading(a, ph, p, dh, sh, out_h)
-                if not reads_r:
-                    continue
-                for q in range(kw):
-                    reads_j, jj = _output_reading(b, pw, q, dw, sw, out_w)
-                    if not reads_j:
-                        continue
-                    g_tap = gn[:, r, jj]  # g[n, :, r, jj]
-                    pq = uint32(p * kw + q)
-                    o = uint32(grp * o_g + o0)
-                    oo = uint32(0)
-                    while oo < on:
-                        acc += stage[oo * utaps + pq] * g_tap[o + oo]
-                        oo += uint32(1)
-    if inside:
-        gx[n, c, a, b] = acc
+        _tile_mma(ta, tb, acc, ra, rb)
+    for j in range(GEMM_REG):
+        pix = pix0 + tx + j * GEMM_THREADS
+        if pix < n_pix:
+            n_s, a, b = _pixel(pix, plane, w)
+            for i in range(GEMM_REG):
+                c = c0 + ty + i * GEMM_THREADS
+                if c < c_g:
+                    gx[n_s, c_first + c, a, b] = acc[i, j]
 
 
 @cuda.jit(device=True, inline="always")

@@ -110,23 +110,15 @@ def test_conv2d_backward_flags_and_big_kernel(rng):
     g = rng.standard_normal((1, 1, 3, 3))
     gx, gw = kc.conv2d_backward(_dev(g), _dev(x), _dev(w), (1, 1), (0, 0), (1, 1), need_input=False)
     assert gx is None and gw is not None
-    # The backward stages one channel's filter: a kernel of exactly a stage's taps fits (the
-    # constant is shrunk in the simulator), one tap more does not.  The forward (an implicit GEMM)
-    # takes any kernel.
-    from sparsenet.kernels.cuda import conv
-
-    k = math.isqrt(conv.CONV_WSTAGE)
-    x_big, w_big = rng.standard_normal((1, 1, k + 1, k + 1)), rng.standard_normal((1, 1, k, k))
-    y = kc.conv2d(_dev(x_big), _dev(w_big), None, (1, 1), (0, 0), (1, 1))
-    np.testing.assert_allclose(_host(y), ref.conv2d(x_big, w_big, None, (1, 1), (0, 0), (1, 1), 1), **_tol(np.float64))
-    gx, gw = kc.conv2d_backward(_dev(np.zeros((1, 1, 2, 2))), _dev(x_big), _dev(w_big), (1, 1), (0, 0), (1, 1))
-    assert gx.shape == (1, 1, k + 1, k + 1) and gw.shape == (1, 1, k, k)
-    k = math.isqrt(conv.CONV_WSTAGE) + 1
-    assert kc.conv2d(_dev(np.zeros((1, 1, k, k))), _dev(np.zeros((1, 1, k, k))), None, (1, 1), (0, 0),
-                     (1, 1)).shape == (1, 1, 1, 1)
-    with pytest.raises(NotImplementedError, match="backward.*taps"):
-        kc.conv2d_backward(_dev(np.zeros((1, 1, 1, 1))), _dev(np.zeros((1, 1, k, k))),
-                           _dev(np.zeros((1, 1, k, k))), (1, 1), (0, 0), (1, 1))
+    # Any kernel size: the implicit GEMMs stage K in fixed steps, not whole filters.
+    x_big, w_big = rng.standard_normal((1, 2, 9, 8)), rng.standard_normal((3, 2, 7, 6))
+    y = kc.conv2d(_dev(x_big), _dev(w_big), None, (1, 1), (1, 0), (1, 1))
+    np.testing.assert_allclose(_host(y), ref.conv2d(x_big, w_big, None, (1, 1), (1, 0), (1, 1), 1), **_tol(np.float64))
+    g = rng.standard_normal(y.shape)
+    gx, gw = kc.conv2d_backward(_dev(g), _dev(x_big), _dev(w_big), (1, 1), (1, 0), (1, 1))
+    gx_ref, gw_ref, _ = ref.conv2d_backward(g, x_big, w_big, (1, 1), (1, 0), (1, 1), 1)
+    np.testing.assert_allclose(_host(gx), gx_ref, **_tol(np.float64))
+    np.testing.assert_allclose(_host(gw), gw_ref, **_tol(np.float64))
 
 
 # (N, C, H, W), kernel, stride, padding
@@ -172,9 +164,9 @@ def test_max_pool_nan_wins(rng):
     assert gx[0, 0, 1, 0] == 1 and gx[0, 0, 1, 1] == 0
 
 
-def test_conv2d_forward_in_the_production_geometry(rng, monkeypatch):
-    """The real implicit-GEMM tile (16 x 16 threads, 64 filters x 64 pixels, K by 16) on a case
-    with two pixel tiles, a partial filter tile, a partial K tile, padding and a stride."""
+def test_conv2d_gemms_in_the_production_geometry(rng, monkeypatch):
+    """The real implicit-GEMM tile (16 x 16 threads, 64 channels x 64 pixels, K by 16) on a case
+    with two pixel tiles, partial channel and K tiles, padding and a stride: forward and grad-input."""
     from sparsenet.kernels.cuda import conv
 
     for key, value in {"GEMM_THREADS": 16, "GEMM_REG": 4, "GEMM_TILE": 64, "GEMM_TILE_K": 16,
@@ -186,3 +178,7 @@ def test_conv2d_forward_in_the_production_geometry(rng, monkeypatch):
     bias = rng.standard_normal(5).astype(np.float32)
     y = _kc().conv2d(_dev(x), _dev(w), _dev(bias), (1, 2), (1, 1), (1, 1))
     np.testing.assert_allclose(_host(y), ref.conv2d(x, w, bias, (1, 2), (1, 1), (1, 1), 1), **_tol(np.float32))
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    gx, _ = _kc().conv2d_backward(_dev(g), _dev(x), _dev(w), (1, 2), (1, 1), (1, 1), need_weight=False)
+    gx_ref = ref.conv2d_backward(g, x, w, (1, 2), (1, 1), (1, 1), 1)[0]
+    np.testing.assert_allclose(_host(gx), gx_ref, **_tol(np.float32))
