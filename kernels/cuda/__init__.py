@@ -516,9 +516,29 @@ def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, ne
     if need_weight:
         grad_w = empty(weight.shape, x.dtype)
         if grad_w.size:
-            conv.conv2d_grad_weight[(o * c_g * kh * kw,), (conv.RED_THREADS,)](
-                g, x, *stride, *padding, *dilation, grad_w)
+            _launch_grad_weight(g, x, grad_w, stride, padding, dilation)
     return grad_x, grad_w
+
+
+def _launch_grad_weight(g, x, grad_w, stride, padding, dilation):
+    """The implicit-GEMM weight gradient, its pixel reduction split to fill the device."""
+    conv = _conv()
+    o, c_g, kh, kw = grad_w.shape
+    n_k = c_g * kh * kw
+    groups = x.shape[1] // c_g
+    n_steps = math.ceil(g.shape[0] * g.shape[2] * g.shape[3] / conv.GEMM_TILE_K)
+    grid, block = _gemm_grid(n_k, o // groups, groups)  # taps on grid x here, filters on y
+    tiles = grid[0] * grid[1] * groups
+    splits = max(1, min(math.ceil(conv.SPLIT_BLOCKS / tiles), n_steps // conv.SPLIT_MIN_STEPS, 65535 // groups))
+    per_split = max(1, math.ceil(n_steps / splits))
+    splits = max(1, math.ceil(n_steps / per_split))  # no empty split
+    flat = grad_w.reshape(o * n_k)
+    part = flat.reshape(1, o, n_k) if splits == 1 else empty((splits, o, n_k), grad_w.dtype)
+    conv.conv2d_grad_weight[(grid[0], grid[1], groups * splits), block](
+        g, x, kh, kw, *stride, *padding, *dilation, per_split, part)
+    if splits > 1:
+        blocks = min(math.ceil(flat.size / conv.SUM_THREADS), 4096)
+        conv.split_sum[blocks, conv.SUM_THREADS](part.reshape(splits, o * n_k), flat)
 
 
 def conv2d_grad_bias(g):

@@ -1,8 +1,10 @@
-"""CUDA kernels for direct (dense-weight) 2-D convolution, NCHW, PyTorch semantics.
+"""CUDA kernels for 2-D convolution (dense, weight-sparse, locally connected), NCHW, PyTorch
+semantics.
 
 x (N, C, H, W), weight (O, C/groups, KH, KW), stride (sh, sw), padding (ph, pw), dilation
 (dh, dw); groups implied by ``C // weight.shape[1]``.  Padding is never materialised: taps that
-fall outside the input are skipped by bounds checks.
+fall outside the input are skipped by bounds checks.  Neither is the patch matrix of the
+dense kernels, three implicit GEMMs sharing one register-blocked tile product (``_tile_mma``):
 
 * ``conv2d_fwd``: an implicit GEMM, per group out (O/groups, N*OH*OW) = weight (O/groups,
   C/groups*KH*KW) @ patches, the patch matrix gathered tile by tile from x and never stored;
@@ -10,10 +12,11 @@ fall outside the input are skipped by bounds checks.
 * ``conv2d_grad_input``: the same implicit GEMM transposed, gx (C/groups, N*H*W) =
   weights^T @ the outputs that read each input pixel, gathered from g.  One writer per
   element: no atomics.
-* ``conv2d_grad_weight`` / ``channel_sum``: one block per weight element (or per output
-  channel for the bias gradient), threads striding over the output pixels (r, j) with j
-  fastest (coalesced), each summing its pixel over the batch, then a fixed shared-memory tree
-  reduction: deterministic.
+* ``conv2d_grad_weight``: gw (O/groups, K) = g (O/groups, N*OH*OW) @ patches, the long pixel
+  reduction split over blocks and the partial sums added in order by ``split_sum``.
+* ``channel_sum`` (the bias gradient): one block per output channel, threads striding over the
+  output pixels (coalesced), each summing its pixel over the batch, then a fixed shared-memory
+  tree reduction: deterministic.
 
 Block reductions use ``block.block_sum``, inlined into each kernel at compile time (numba
 needs a live device to *link* a separate device function; inlined, every kernel still compiles
@@ -26,7 +29,8 @@ kernel                block                 grid
 ====================  ====================  ==============================================
 conv2d_fwd            (GEMM_THREADS,) * 2   (ceil(N*OH*OW/GEMM_TILE), ceil(O/groups/GEMM_TILE), groups)
 conv2d_grad_input     (GEMM_THREADS,) * 2   (ceil(N*H*W/GEMM_TILE), ceil(C/groups/GEMM_TILE), groups)
-conv2d_grad_weight    (RED_THREADS,)        (O * C/groups * KH * KW,)
+conv2d_grad_weight    (GEMM_THREADS,) * 2   (ceil(K/GEMM_TILE), ceil(O/groups/GEMM_TILE), groups * splits)
+split_sum             (SUM_THREADS,)        (min(ceil(O*K / SUM_THREADS), 4096),)
 channel_sum           (RED_THREADS,)        (O,)
 ====================  ====================  ==============================================
 """
@@ -46,6 +50,11 @@ GEMM_REG = 4
 GEMM_TILE = 64
 GEMM_TILE_K = 16
 GEMM_PAD = GEMM_TILE + 1
+# conv2d_grad_weight splits its long reduction (the output pixels) over blocks until the grid has
+# about SPLIT_BLOCKS blocks, each split at least SPLIT_MIN_STEPS steps of GEMM_TILE_K pixels.
+SPLIT_BLOCKS = 1024
+SPLIT_MIN_STEPS = 8
+SUM_THREADS = 256
 RED_THREADS = 256  # power of two: the tree reduction halves it
 SPARSE_STAGE = 256  # weight-sparse filter taps decoded into shared memory per chunk
 
@@ -318,27 +327,107 @@ def _tap_partial(g, x, o, c, p, q, sh, sw, ph, pw, dh, dw, tid, stride):
 
 
 @cuda.jit
-def conv2d_grad_weight(g, x, sh, sw, ph, pw, dh, dw, gw):
-    """gw[o, c, p, q] = sum_{n, r, j} g[n, o, r, j] * x[n, c0 + c, r*sh - ph + p*dh, j*sw - pw + q*dw].
+def conv2d_grad_weight(g, x, kh, kw, sh, sw, ph, pw, dh, dw, steps_per_split, part):
+    """part[s, o, k] = sum over the output pixels (n, r, j) of split s of g[n, o, r, j] *
+    x[n, c0 + c, r*sh - ph + p*dh, j*sw - pw + q*dw], k = (c, p, q) flattened (c0: first input
+    channel of o's group): the weight gradient, summed over the splits by ``split_sum`` (or
+    written whole when there is one split: pass gw viewed as (1, O, C/groups*KH*KW)).
 
-    g (N, O, OH, OW); x (N, C, H, W); gw (O, C/groups, KH, KW) preallocated and overwritten.
+    g (N, O, OH, OW); x (N, C, H, W); part (splits, O, C/groups*KH*KW) preallocated and
+    overwritten; blockIdx.z = group * splits + split.
+
+    An implicit GEMM over the output pixels: per group, gw (O/groups, K) = g (O/groups,
+    N*OH*OW) @ patches (N*OH*OW, K).  The reduction is that long dimension, so it is split
+    across blocks (``steps_per_split`` steps of GEMM_TILE_K pixels each) to fill the GPU, and
+    the partial sums are added in a fixed order afterwards: deterministic, no atomics.  Each
+    thread stages a fixed patch column k (its (c, p, q) decoded once) and each step's pixels
+    are decoded once per block; the tile product is ``conv2d_fwd``'s.
     """
-    red = cuda.shared.array(RED_THREADS, dtype=gw.dtype)
-    n_c = x.shape[1]
-    n_o, c_g, kh, kw = gw.shape[0], gw.shape[1], gw.shape[2], gw.shape[3]
-    k = cuda.blockIdx.x
-    q = k % kw
-    t = k // kw
-    p = t % kh
-    t //= kh
-    ci = t % c_g
-    o = t // c_g
-    c = (o // (n_o // (n_c // c_g))) * c_g + ci
-    tid = cuda.threadIdx.x
-    red[tid] = _tap_partial(g, x, o, c, p, q, sh, sw, ph, pw, dh, dw, tid, RED_THREADS)
-    total = block_sum(red, tid)
-    if tid == 0:
-        gw[o, ci, p, q] = total
+    ta = cuda.shared.array((GEMM_TILE_K, GEMM_PAD), dtype=part.dtype)
+    tb = cuda.shared.array((GEMM_TILE_K, GEMM_TILE), dtype=part.dtype)
+    px_n = cuda.shared.array(GEMM_TILE_K, dtype=int32)  # the step's pixels: sample (-1: none),
+    px_r = cuda.shared.array(GEMM_TILE_K, dtype=int32)  # output row and column
+    px_j = cuda.shared.array(GEMM_TILE_K, dtype=int32)
+    acc = cuda.local.array((GEMM_REG, GEMM_REG), dtype=part.dtype)
+    ra = cuda.local.array(GEMM_REG, dtype=part.dtype)
+    rb = cuda.local.array(GEMM_REG, dtype=part.dtype)
+    n_batch, n_c, h, w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    n_o, out_h, out_w = g.shape[1], g.shape[2], g.shape[3]
+    splits, n_k = part.shape[0], part.shape[2]
+    taps = kh * kw
+    c_g = n_k // taps
+    o_g = n_o // (n_c // c_g)
+    grp = cuda.blockIdx.z // splits
+    split = cuda.blockIdx.z - grp * splits
+    o_first = grp * o_g
+    plane = out_h * out_w
+    n_pix = n_batch * plane
+    n_steps = (n_pix + GEMM_TILE_K - 1) // GEMM_TILE_K
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    tid = ty * GEMM_THREADS + tx
+    k0 = cuda.blockIdx.x * GEMM_TILE
+    o0 = cuda.blockIdx.y * GEMM_TILE
+    col = tid % GEMM_TILE  # the patch column (tap) this thread stages at every step
+    k = k0 + col
+    has_k = k < n_k
+    c = k // taps if has_k else 0
+    pq = k - c * taps
+    p = pq // kw
+    dy = int32(p * dh - ph)
+    dx = int32((pq - p * kw) * dw - pw)
+    xc = uint32(grp * c_g + c)
+    uh = uint32(h)
+    uw = uint32(w)
+    zero = part.dtype.type(0)
+    for i in range(GEMM_REG):
+        for j in range(GEMM_REG):
+            acc[i, j] = zero
+    for step in range(split * steps_per_split, min((split + 1) * steps_per_split, n_steps)):
+        cuda.syncthreads()  # the previous tiles and pixels have been read by every thread
+        if tid < GEMM_TILE_K:
+            pix = step * GEMM_TILE_K + tid
+            n_s, r, q = _pixel(pix, plane, out_w)
+            px_n[tid] = n_s if pix < n_pix else -1
+            px_r[tid] = r
+            px_j[tid] = q
+        cuda.syncthreads()  # the pixels are decoded
+        for e in range(tid, GEMM_TILE * GEMM_TILE_K, GEMM_THREADS * GEMM_THREADS):
+            ii = e // GEMM_TILE_K  # pixels fastest across threads: g's planes are read in runs
+            kk = e - ii * GEMM_TILE_K
+            o = o0 + ii
+            value = zero
+            if o < o_g and px_n[kk] >= 0:
+                value = g[px_n[kk], o_first + o, px_r[kk], px_j[kk]]
+            ta[kk, ii] = value
+        for kk in range(tid // GEMM_TILE, GEMM_TILE_K, (GEMM_THREADS * GEMM_THREADS) // GEMM_TILE):
+            value = zero
+            if has_k and px_n[kk] >= 0:
+                a = _wrap32(px_r[kk] * sh + dy)  # a tap in the padding wraps to >= h: one compare
+                b = _wrap32(px_j[kk] * sw + dx)
+                if a < uh and b < uw:
+                    value = x[uint32(px_n[kk]), xc, a, b]
+            tb[kk, col] = value
+        cuda.syncthreads()
+        _tile_mma(ta, tb, acc, ra, rb)
+    for i in range(GEMM_REG):
+        o = o0 + ty + i * GEMM_THREADS
+        if o < o_g:
+            for j in range(GEMM_REG):
+                k = k0 + tx + j * GEMM_THREADS
+                if k < n_k:
+                    part[split, o_first + o, k] = acc[i, j]
+
+
+@cuda.jit
+def split_sum(part, out):
+    """out[i] = sum_s part[s, i], s in order (the split-K partial sums of conv2d_grad_weight).
+    part (splits, n) C-contiguous; out (n,) overwritten.  Grid-stride, coalesced."""
+    for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+        acc = part[0, i]
+        for s in range(1, part.shape[0]):
+            acc += part[s, i]
+        out[i] = acc
 
 
 @cuda.jit

@@ -103,7 +103,8 @@ def test_conv_pool_kernels_compile(compile_ptx, fdt):
     sigs = {
         "conv2d_fwd": (conv.conv2d_fwd, (t4, f[:, ::1], i, i, vec) + (i,) * 6 + (t4,)),
         "conv2d_grad_input": (conv.conv2d_grad_input, (t4, f[:, ::1]) + (i,) * 8 + (t4,)),
-        "conv2d_grad_weight": (conv.conv2d_grad_weight, (t4, t4) + (i,) * 6 + (t4,)),
+        "conv2d_grad_weight": (conv.conv2d_grad_weight, (t4, t4) + (i,) * 9 + (f[:, :, ::1],)),
+        "split_sum": (conv.split_sum, (f[:, ::1], vec)),
         "channel_sum": (conv.channel_sum, (t4, vec)),
         "max_pool2d_fwd": (pool.max_pool2d_fwd, (t4,) + (i,) * 6 + (t4,)),
         "max_pool2d_bwd": (pool.max_pool2d_bwd, (t4, t4) + (i,) * 6 + (t4,)),
