@@ -190,8 +190,8 @@ def _output_reading(pos, pad, tap, dil, stride, n_out):
         return False, uint32(0)
     if stride == 1:  # the common case, uniform across the block: no division
         return t < n_out, uint32(t)
-    i = uint32(t) // uint32(stride)
-    return i * uint32(stride) == uint32(t) and i < n_out, i
+    i = uint32(t) // uint32(stride)  # unsigned on both sides of every compare: a signed one
+    return i * uint32(stride) == uint32(t) and i < uint32(n_out), i  # would go through float64
 
 
 @cuda.jit
@@ -455,9 +455,10 @@ def channel_sum(g, out):
 # --------------------------------------------------------------------------- weight-sparse
 # The filter bank is a CSR matrix W (O, C/groups*KH*KW), row o = filter o flattened in
 # (c, p, q) order; only stored taps are visited, the dense filters never exist.  Every thread
-# of a block reads the same (index, value) pair at the same time: one broadcast transaction
-# per warp, so the pattern needs no shared-memory staging, and with no shared memory and no
-# syncthreads a thread outside the output may leave early.
+# of a block reads the same tap at the same time: a broadcast.  The forward decodes its taps
+# into shared memory and so must keep every thread to its barriers (no early return); the
+# grad-input kernel reads the transposed pattern directly, has no barrier, and lets a thread
+# outside the input leave early.
 #
 # ==========================  ====================  ==========================================
 # kernel                      block                 grid
@@ -489,9 +490,7 @@ def sparse_conv2d_fwd(x, indptr, indices, data, groups, kh, kw, sh, sw, ph, pw, 
     shift, value): the two divisions that turn a flattened column into (c, p, q) are done once
     per tap and block instead of once per tap and pixel (64-bit divisions are emulated, some
     70 instructions each).  The summing loop then reads broadcasts and tests the padding with
-    one unsigned compare per axis; its load is unconditional (clamped into the plane, so the
-    loads of successive taps issue back to back) and only the multiply-add is predicated.
-    Offsets within a sample are 32-bit (the wrapper checks C*H*W < 2**31).
+    one unsigned compare per axis (the compiler predicates the load and multiply-add on it).
     """
     st_c = cuda.shared.array(SPARSE_STAGE, dtype=int32)
     st_dy = cuda.shared.array(SPARSE_STAGE, dtype=int32)
@@ -515,8 +514,6 @@ def sparse_conv2d_fwd(x, indptr, indices, data, groups, kh, kw, sh, sw, ph, pw, 
     xn = x[uint32(n)]
     uh = uint32(h)
     uw = uint32(w)
-    last_a = uint32(h - 1)
-    last_b = uint32(w - 1)
     top = int32(r * sh)
     left = int32(j * sw)
     start = indptr[o]
@@ -540,9 +537,8 @@ def sparse_conv2d_fwd(x, indptr, indices, data, groups, kh, kw, sh, sw, ph, pw, 
             while t < n_k:
                 a = _wrap32(top + st_dy[t])  # a tap in the padding wraps to >= h: one compare
                 b = _wrap32(left + st_dx[t])
-                v = xn[uint32(st_c[t]), min(a, last_a), min(b, last_b)]
                 if a < uh and b < uw:
-                    acc += st_w[t] * v
+                    acc += st_w[t] * xn[uint32(st_c[t]), a, b]
                 t += uint32(1)
     if inside:
         out[n, o, r, j] = acc + bias[o]

@@ -68,14 +68,14 @@ def csr_spmm(indptr, indices, perm, gather, data, x_t, bias, has_bias, out_t):
     One warp per row (SPMM_WARPS rows per block), batch along lanes, SPMM_COLS columns per
     lane.  The block's rows' entries are staged in shared memory 32 per row at a time, each
     lane loading one (coalesced; for the gathered W^T values, one scattered load per entry
-    instead of 32 redundant ones) and storing its value and the offset ``j * B`` of its x_t
-    row; the warp then reads them as shared-memory broadcasts.  The dense reads
+    instead of 32 redundant ones) and storing its column index and value; the warp then reads
+    them as shared-memory broadcasts.  The dense reads
     ``x_t[j, b..b+31]`` and the stores are coalesced.  The staging loop runs to the longest
     row of the block so every thread meets every ``syncthreads``.
 
     The inner loop is written for the instruction count, which bounds it (the SASS, not the
-    PTX, is what to read): offsets are unsigned, so numba emits no negative-index fix-up; the
-    x_t row offset is multiplied once, at staging; and no load is guarded, so the four loads of
+    PTX, is what to read): offsets are unsigned, so numba emits no negative-index fix-up; each
+    entry's x_t row is addressed once, as a view; and no load is guarded, so the four loads of
     an entry issue back to back.  When B >= SPMM_BATCH_TILE every tile is a full one (the last
     is shifted left to end at B and stores only the columns it owns), and a lane's four loads
     are one address plus constant offsets: about 15 instructions per entry and four columns,

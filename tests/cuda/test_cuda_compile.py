@@ -33,7 +33,10 @@ def compile_ptx():
 
 
 def _f64_ops(ptx):
-    return re.findall(r"\b(?:add|sub|mul|fma\.rn|div\.rn|sqrt\.rn)\.f64\b", ptx)
+    """float64 arithmetic, compares, and integer-to-float64 conversions (numba compares a uint64
+    with an int64 through float64)."""
+    return re.findall(r"\b(?:(?:add|sub|mul|fma\.rn|div\.rn|sqrt\.rn)\.f64|setp\.\w+\.f64|cvt\.rn\.f64\.[us]\d+)\b",
+                      ptx)
 
 
 def _loads_per_block(ptx, fdt):

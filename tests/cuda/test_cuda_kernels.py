@@ -202,6 +202,11 @@ def test_host_arrays_are_refused_not_copied(rng):
         kc.spmm(*d, x, _dev(np.ones(4, np.float32)))
     with pytest.raises(TypeError, match="one float dtype"):
         kc.spmm(*d, x, _dev(np.ones(3)))
+    # sddmm reads g and x over the same batch, g over W's rows: a mismatch is refused, not read past
+    with pytest.raises(ValueError, match="same batch"):
+        kc.sddmm(d[0], d[1], _dev(np.ones((2, 3), np.float32)), _dev(np.ones((3, 4), np.float32)))
+    with pytest.raises(ValueError, match="one feature per row"):
+        kc.sddmm(d[0], d[1], _dev(np.ones((2, 5), np.float32)), x)
 
 
 # ----------------------------------------------------------------------------- production geometry

@@ -52,6 +52,20 @@ SPARSE_CONV_CASES = [
 ]
 
 
+def test_sparse_conv2d_of_an_empty_plane_is_the_bias(rng):
+    """Zero input rows with padding still give outputs: the bias, as on the host (every tap
+    falls in the padding; none may be read)."""
+    w = CSRMatrix.from_dense(rng.standard_normal((2, 1 * 1 * 3)).astype(np.float32))
+    x = np.zeros((1, 1, 0, 3), np.float32)
+    bias = np.array([1.5, -2.0], np.float32)
+    geo = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    y = F.sparse_conv2d(x, w, (1, 3), bias, **geo)
+    assert y.shape == (1, 2, 2, 3)
+    np.testing.assert_array_equal(y, np.broadcast_to(bias[None, :, None, None], y.shape))
+    yd = F.sparse_conv2d(_dev(x), w.to("cuda"), (1, 3), _dev(bias), **geo)
+    np.testing.assert_array_equal(_host(yd), y)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", SPARSE_CONV_CASES, ids=[f"case{i}" for i in range(len(SPARSE_CONV_CASES))])
 def test_sparse_conv2d_matches_dense_reference(rng, dtype, case):
