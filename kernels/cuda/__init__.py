@@ -499,9 +499,10 @@ def _gemm_grid(pixels, channels, groups):
 
 
 def _flat_filters(weight):
-    """(O, C/groups, KH, KW) -> the (O, C/groups*KH*KW) view the GEMM kernels read."""
-    o = weight.shape[0]
-    return contiguous(weight, "weight").reshape(o, weight.size // max(o, 1))
+    """(O, C/groups, KH, KW) -> the (O, C/groups*KH*KW) view the GEMM kernels read (its shape
+    from the weight's, so that the kernels read C/groups even when O is 0)."""
+    o, c_g, kh, kw = weight.shape
+    return contiguous(weight, "weight").reshape(o, c_g * kh * kw)
 
 
 def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, need_weight=True):

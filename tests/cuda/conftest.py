@@ -60,6 +60,44 @@ HAVE_NUMBA_CUDA = _numba_cuda_importable() if SIMULATOR else REAL_GPU
 ENABLED = (SIMULATOR or REAL_GPU) and HAVE_NUMBA_CUDA
 
 
+def _thread_safe_simulated_shared_memory():
+    """The simulator's ``cuda.shared.array`` looks up a block's array and creates it when
+    missing without a lock (numba-cuda 0.30).  When a thread switch falls between the two, two
+    threads of one block get different arrays, each sees none of the other's writes, and a
+    correct kernel gives garbage.  It is rare under the default switch interval, and likelier
+    on a loaded machine.  Forcing frequent switches (``sys.setswitchinterval(1e-6)``) makes it
+    show.  This does the same get-or-create under a lock.  The array is still keyed by the
+    kernel's source line, as the simulator keys it."""
+    import sys
+    import threading
+    import traceback
+
+    import numpy as np
+    from numba.core import types
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+
+    original = kernelapi.FakeCUDAShared.array
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:  # dynamic shared memory: one buffer, no race
+            return original(self, shape, dtype, alignment)
+        caller = traceback.extract_stack(sys._getframe())[-2][0:2]  # the kernel's line
+        with lock:
+            found = self._allocations.get(caller)
+            if found is None:
+                dtype = numpy_support.as_dtype(dtype) if isinstance(dtype, types.Type) else dtype
+                found = self._allocations[caller] = np.empty(shape, dtype)
+        return found
+
+    kernelapi.FakeCUDAShared.array = array
+
+
+if SIMULATOR and HAVE_NUMBA_CUDA:
+    _thread_safe_simulated_shared_memory()
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "no_cuda_skip: runs without simulator or GPU (skips itself)")
     if os.environ.get("SPARSENET_EXPECT_GPU") == "1" and not (REAL_GPU and HAVE_NUMBA_CUDA):

@@ -110,6 +110,11 @@ def test_conv2d_backward_flags_and_big_kernel(rng):
     g = rng.standard_normal((1, 1, 3, 3))
     gx, gw = kc.conv2d_backward(_dev(g), _dev(x), _dev(w), (1, 1), (0, 0), (1, 1), need_input=False)
     assert gx is None and gw is not None
+    # No filters at all: the input gradient is zeros (every element still written), the forward empty.
+    x0, w0 = _dev(np.ones((2, 3, 4, 4))), _dev(np.zeros((0, 3, 2, 2)))
+    gx, gw = kc.conv2d_backward(_dev(np.zeros((2, 0, 3, 3))), x0, w0, (1, 1), (0, 0), (1, 1))
+    np.testing.assert_array_equal(_host(gx), np.zeros((2, 3, 4, 4)))
+    assert gw.shape == (0, 3, 2, 2) and kc.conv2d(x0, w0, None, (1, 1), (0, 0), (1, 1)).shape == (2, 0, 3, 3)
     # Any kernel size: the implicit GEMMs stage K in fixed steps, not whole filters.
     x_big, w_big = rng.standard_normal((1, 2, 9, 8)), rng.standard_normal((3, 2, 7, 6))
     y = kc.conv2d(_dev(x_big), _dev(w_big), None, (1, 1), (1, 0), (1, 1))

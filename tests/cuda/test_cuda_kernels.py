@@ -366,3 +366,32 @@ def test_bench_script_dry_run():
                          capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "| case |" in res.stdout
+
+
+def test_every_thread_of_a_block_gets_one_shared_array(monkeypatch):
+    """conftest makes the simulator's shared-array lookup thread-safe: threads asking at once
+    for a block's array (here with the allocation slowed down, so that they all find it missing
+    without the lock) get the same array, not one each."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") in ("", "0"):
+        pytest.skip("a simulator-only concern")
+    import threading
+    import time
+
+    from numba.cuda.simulator.kernelapi import FakeCUDAShared
+
+    empty = np.empty
+    monkeypatch.setattr(np, "empty", lambda *a, **k: time.sleep(0.002) or empty(*a, **k))
+    shared = FakeCUDAShared(0)
+    start = threading.Barrier(16)
+    got = []
+
+    def thread():
+        start.wait()
+        got.append(shared.array(8, np.float64))
+
+    threads = [threading.Thread(target=thread) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 16 and all(a is got[0] for a in got)
