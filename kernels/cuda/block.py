@@ -5,7 +5,7 @@ those kernels still compile to PTX without a GPU (a separately compiled device f
 a live device to be linked; see tests/cuda/test_cuda_compile.py), and the simulator runs them
 as plain calls.
 """
-from numba import cuda
+from numba import cuda, uint32
 
 
 @cuda.jit(device=True, inline="always")
@@ -63,3 +63,26 @@ def unravel4(idx, n1, n2, n3):
     k = t % n2
     t //= n2
     return t // n1, t % n1, k, l
+
+
+@cuda.jit(device=True, inline="always")
+def tile_mma(ta, tb, acc, ra, rb, threads, reg, tile_k):
+    """One K step of a register-blocked tile product (``ops.matmul``, the implicit-GEMM convs):
+    acc[i, j] += sum_kk ta[kk, ty + i*threads] * tb[kk, tx + j*threads] for kk = 0 .. tile_k - 1,
+    in that order.  ``ta`` is the (tile_k, >= reg*threads) staged A tile stored k-major, ``tb``
+    the (tile_k, reg*threads) B tile; ``acc`` (reg, reg), ``ra`` and ``rb`` (reg,) are the
+    thread's local arrays (registers: the constants unroll every loop but the one over kk).
+    Unsigned shared-memory indices: no negative-index fix-ups."""
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    kk = uint32(0)
+    while kk < tile_k:
+        row_a = ta[kk]
+        row_b = tb[kk]
+        for i in range(reg):
+            ra[i] = row_a[uint32(ty + i * threads)]
+            rb[i] = row_b[uint32(tx + i * threads)]
+        for i in range(reg):
+            for j in range(reg):
+                acc[i, j] += ra[i] * rb[j]
+        kk += uint32(1)

@@ -4,7 +4,7 @@ semantics.
 x (N, C, H, W), weight (O, C/groups, KH, KW), stride (sh, sw), padding (ph, pw), dilation
 (dh, dw); groups implied by ``C // weight.shape[1]``.  Padding is never materialised: taps that
 fall outside the input are skipped by bounds checks.  Neither is the patch matrix of the
-dense kernels, three implicit GEMMs sharing one register-blocked tile product (``_tile_mma``):
+dense kernels, three implicit GEMMs sharing one register-blocked tile product (``block.tile_mma``):
 
 * ``conv2d_fwd``: an implicit GEMM, per group out (O/groups, N*OH*OW) = weight (O/groups,
   C/groups*KH*KW) @ patches, the patch matrix gathered tile by tile from x and never stored;
@@ -36,7 +36,7 @@ channel_sum           (RED_THREADS,)        (O,)
 """
 from numba import cuda, int32, int64, uint32, uint64
 
-from .block import block_sum, unravel4
+from .block import block_sum, tile_mma, unravel4
 
 CONV_TX = 32  # the weight-sparse kernels' pixel tiles
 CONV_TY = 8
@@ -57,26 +57,6 @@ SPLIT_MIN_STEPS = 8
 SUM_THREADS = 256
 RED_THREADS = 256  # power of two: the tree reduction halves it
 SPARSE_STAGE = 256  # weight-sparse filter taps decoded into shared memory per chunk
-
-
-@cuda.jit(device=True, inline="always")
-def _tile_mma(ta, tb, acc, ra, rb):
-    """acc[i, j] += sum_kk ta[kk, ty + i*GEMM_THREADS] * tb[kk, tx + j*GEMM_THREADS], kk in order:
-    one K step of a register-blocked tile product (as in ``ops.matmul``).  Unsigned
-    shared-memory indices: no negative-index fix-ups."""
-    tx = cuda.threadIdx.x
-    ty = cuda.threadIdx.y
-    kk = uint32(0)
-    while kk < GEMM_TILE_K:
-        row_a = ta[kk]
-        row_b = tb[kk]
-        for i in range(GEMM_REG):
-            ra[i] = row_a[uint32(ty + i * GEMM_THREADS)]
-            rb[i] = row_b[uint32(tx + i * GEMM_THREADS)]
-        for i in range(GEMM_REG):
-            for j in range(GEMM_REG):
-                acc[i, j] += ra[i] * rb[j]
-        kk += uint32(1)
 
 
 @cuda.jit(device=True, inline="always")
@@ -169,7 +149,7 @@ def conv2d_fwd(x, weight, kh, kw, bias, sh, sw, ph, pw, dh, dw, out):
                 value = x_n[uint32(k_c[kk]), a, b]
             tb[kk, col] = value
         cuda.syncthreads()
-        _tile_mma(ta, tb, acc, ra, rb)
+        tile_mma(ta, tb, acc, ra, rb, GEMM_THREADS, GEMM_REG, GEMM_TILE_K)
     for j in range(GEMM_REG):
         pix = pix0 + tx + j * GEMM_THREADS
         if pix < n_pix:
@@ -273,7 +253,7 @@ def conv2d_grad_input(g, weight, kh, kw, sh, sw, ph, pw, dh, dw, gx):
                     value = g_n[uint32(k_o[kk]), r, j]
             tb[kk, col] = value
         cuda.syncthreads()
-        _tile_mma(ta, tb, acc, ra, rb)
+        tile_mma(ta, tb, acc, ra, rb, GEMM_THREADS, GEMM_REG, GEMM_TILE_K)
     for j in range(GEMM_REG):
         pix = pix0 + tx + j * GEMM_THREADS
         if pix < n_pix:
@@ -409,7 +389,7 @@ def conv2d_grad_weight(g, x, kh, kw, sh, sw, ph, pw, dh, dw, steps_per_split, pa
                     value = x[uint32(px_n[kk]), xc, a, b]
             tb[kk, col] = value
         cuda.syncthreads()
-        _tile_mma(ta, tb, acc, ra, rb)
+        tile_mma(ta, tb, acc, ra, rb, GEMM_THREADS, GEMM_REG, GEMM_TILE_K)
     for i in range(GEMM_REG):
         o = o0 + ty + i * GEMM_THREADS
         if o < o_g:

@@ -26,7 +26,7 @@ import math
 
 from numba import cuda, uint32
 
-from .block import block_sum, unravel4
+from .block import block_sum, tile_mma, unravel4
 
 THREADS = 256
 MAX_BLOCKS = 16384
@@ -284,17 +284,7 @@ def matmul(a, b, bias, has_bias, out):
             k = k0 + kk
             tb[kk, jj] = b[k, j] if k < n_k and j < n_n else zero
         cuda.syncthreads()
-        kk = uint32(0)  # unsigned shared-memory indices: no negative-index fix-ups
-        while kk < MM_TILE_K:
-            row_a = ta[kk]
-            row_b = tb[kk]
-            for r in range(MM_REG):
-                ra[r] = row_a[uint32(ty + r * MM_THREADS)]
-                rb[r] = row_b[uint32(tx + r * MM_THREADS)]
-            for r in range(MM_REG):
-                for c in range(MM_REG):
-                    acc[r, c] += ra[r] * rb[c]
-            kk += uint32(1)
+        tile_mma(ta, tb, acc, ra, rb, MM_THREADS, MM_REG, MM_TILE_K)
     for r in range(MM_REG):
         i = i0 + ty + r * MM_THREADS
         for c in range(MM_REG):
