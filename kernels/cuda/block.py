@@ -66,6 +66,14 @@ def unravel4(idx, n1, n2, n3):
 
 
 @cuda.jit(device=True, inline="always")
+def fill_tile(acc, reg, value):
+    """acc[:, :] = value for a thread's (reg, reg) accumulator tile (see ``tile_mma``)."""
+    for i in range(reg):
+        for j in range(reg):
+            acc[i, j] = value
+
+
+@cuda.jit(device=True, inline="always")
 def tile_mma(ta, tb, acc, ra, rb, threads, reg, tile_k):
     """One K step of a register-blocked tile product (``ops.matmul``, the implicit-GEMM convs):
     acc[i, j] += sum_kk ta[kk, ty + i*threads] * tb[kk, tx + j*threads] for kk = 0 .. tile_k - 1,

@@ -36,7 +36,7 @@ channel_sum           (RED_THREADS,)        (O,)
 """
 from numba import cuda, int32, int64, uint32, uint64
 
-from .block import block_sum, tile_mma, unravel4
+from .block import block_sum, fill_tile, tile_mma, unravel4
 
 CONV_TX = 32  # the weight-sparse kernels' pixel tiles
 CONV_TY = 8
@@ -57,6 +57,16 @@ SPLIT_MIN_STEPS = 8
 SUM_THREADS = 256
 RED_THREADS = 256  # power of two: the tree reduction halves it
 SPARSE_STAGE = 256  # weight-sparse filter taps decoded into shared memory per chunk
+
+
+@cuda.jit(device=True, inline="always")
+def _split_tap(k, kh, kw):
+    """(c, p, q) of a flattened filter column k = (c*kh + p)*kw + q."""
+    taps = kh * kw
+    c = k // taps
+    pq = k - c * taps
+    p = pq // kw
+    return c, p, pq - p * kw
 
 
 @cuda.jit(device=True, inline="always")
@@ -121,19 +131,14 @@ def conv2d_fwd(x, weight, kh, kw, bias, sh, sw, ph, pw, dh, dw, out):
     uh = uint32(h)
     uw = uint32(w)
     zero = out.dtype.type(0)
-    for i in range(GEMM_REG):
-        for j in range(GEMM_REG):
-            acc[i, j] = zero
+    fill_tile(acc, GEMM_REG, zero)
     for k0 in range(0, n_k, GEMM_TILE_K):
         cuda.syncthreads()  # the previous tiles and taps have been read by every thread
         if tid < GEMM_TILE_K:
-            k = k0 + tid
-            c = k // taps
-            pq = k - c * taps
-            p = pq // kw
+            c, p, q = _split_tap(k0 + tid, kh, kw)
             k_c[tid] = c_first + c
             k_dy[tid] = p * dh
-            k_dx[tid] = (pq - p * kw) * dw
+            k_dx[tid] = q * dw
         for e in range(tid, GEMM_TILE * GEMM_TILE_K, GEMM_THREADS * GEMM_THREADS):
             ii = e // GEMM_TILE_K  # k fastest across threads: a filter's taps are read in runs
             kk = e - ii * GEMM_TILE_K
@@ -221,20 +226,15 @@ def conv2d_grad_input(g, weight, kh, kw, sh, sw, ph, pw, dh, dw, gx):
     n_s, a, b = _pixel(pix if has_pix else 0, plane, w)
     g_n = g[uint32(n_s)]
     zero = gx.dtype.type(0)
-    for i in range(GEMM_REG):
-        for j in range(GEMM_REG):
-            acc[i, j] = zero
+    fill_tile(acc, GEMM_REG, zero)
     for k0 in range(0, n_k, GEMM_TILE_K):
         cuda.syncthreads()  # the previous tiles and taps have been read by every thread
         if tid < GEMM_TILE_K:
-            k = k0 + tid
-            o = k // taps
-            pq = k - o * taps
-            p = pq // kw
+            o, p, q = _split_tap(k0 + tid, kh, kw)
             k_o[tid] = o_first + o
-            k_pq[tid] = pq
+            k_pq[tid] = p * kw + q
             k_p[tid] = p
-            k_q[tid] = pq - p * kw
+            k_q[tid] = q
         cuda.syncthreads()  # the taps are decoded
         for e in range(tid, GEMM_TILE * GEMM_TILE_K, GEMM_THREADS * GEMM_THREADS):
             kk = e // GEMM_TILE  # c fastest across threads
@@ -351,18 +351,14 @@ def conv2d_grad_weight(g, x, kh, kw, sh, sw, ph, pw, dh, dw, steps_per_split, pa
     col = tid % GEMM_TILE  # the patch column (tap) this thread stages at every step
     k = k0 + col
     has_k = k < n_k
-    c = k // taps if has_k else 0
-    pq = k - c * taps
-    p = pq // kw
+    c, p, q = _split_tap(k if has_k else 0, kh, kw)
     dy = int32(p * dh - ph)
-    dx = int32((pq - p * kw) * dw - pw)
+    dx = int32(q * dw - pw)
     xc = uint32(grp * c_g + c)
     uh = uint32(h)
     uw = uint32(w)
     zero = part.dtype.type(0)
-    for i in range(GEMM_REG):
-        for j in range(GEMM_REG):
-            acc[i, j] = zero
+    fill_tile(acc, GEMM_REG, zero)
     for step in range(split * steps_per_split, min((split + 1) * steps_per_split, n_steps)):
         cuda.syncthreads()  # the previous tiles and pixels have been read by every thread
         if tid < GEMM_TILE_K:
@@ -478,7 +474,6 @@ def sparse_conv2d_fwd(x, indptr, indices, data, groups, kh, kw, sh, sw, ph, pw, 
     st_w = cuda.shared.array(SPARSE_STAGE, dtype=data.dtype)
     n_c, h, w = x.shape[1], x.shape[2], x.shape[3]
     n_o, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
-    taps = kh * kw
     tiles_j = (out_w + CONV_TX - 1) // CONV_TX
     n_tiles = ((out_h + CONV_TY - 1) // CONV_TY) * tiles_j
     plane = cuda.blockIdx.x // n_tiles  # one flat grid axis: grid y would cap tiles at 65,535
@@ -503,13 +498,10 @@ def sparse_conv2d_fwd(x, indptr, indices, data, groups, kh, kw, sh, sw, ph, pw, 
         cuda.syncthreads()  # the previous chunk has been used by every thread
         n_k = uint32(min(SPARSE_STAGE, end - k0))
         for t in range(tid, n_k, CONV_TX * CONV_TY):
-            col = indices[k0 + t]
-            c = col // taps
-            pq = col - c * taps
-            p = pq // kw
+            c, p, q = _split_tap(indices[k0 + t], kh, kw)
             st_c[t] = c_first + c
             st_dy[t] = p * dh - ph
-            st_dx[t] = (pq - p * kw) * dw - pw
+            st_dx[t] = q * dw - pw
             st_w[t] = data[k0 + t]
         cuda.syncthreads()
         if inside:
@@ -596,12 +588,7 @@ def sparse_conv2d_grad_weight(g, x, indptr, indices, groups, kh, kw, sh, sw, ph,
         else:
             hi = mid
     o = lo
-    taps = kh * kw
-    col = indices[k]
-    c = col // taps
-    pq = col - c * taps
-    p = pq // kw
-    q = pq - p * kw
+    c, p, q = _split_tap(indices[k], kh, kw)
     c = (o // (n_o // groups)) * (n_c // groups) + c
     tid = cuda.threadIdx.x
     red[tid] = _tap_partial(g, x, o, c, p, q, sh, sw, ph, pw, dh, dw, tid, RED_THREADS)
@@ -689,15 +676,12 @@ def local2d_grad_weight(g, x, kh, kw, sh, sw, ph, pw, gw):
     """
     h, w = x.shape[2], x.shape[3]
     out_h, out_w, n_o, n_k = gw.shape[0], gw.shape[1], gw.shape[2], gw.shape[3]
-    taps = kh * kw
     total = out_h * out_w * n_o * n_k
     for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
         r, j, o, k = unravel4(idx, out_w, n_o, n_k)
-        c = k // taps
-        pq = k - c * taps
-        p = pq // kw
+        c, p, q = _split_tap(k, kh, kw)
         a = r * sh - ph + p
-        b = j * sw - pw + (pq - p * kw)
+        b = j * sw - pw + q
         acc = gw.dtype.type(0)
         if a >= 0 and a < h and b >= 0 and b < w:
             for n in range(x.shape[0]):

@@ -24,9 +24,9 @@ loss kernels      (RED_THREADS,)          (1,): one block, batch-sized work
 """
 import math
 
-from numba import cuda, uint32
+from numba import cuda
 
-from .block import block_sum, tile_mma, unravel4
+from .block import block_sum, fill_tile, tile_mma, unravel4
 
 THREADS = 256
 MAX_BLOCKS = 16384
@@ -266,9 +266,7 @@ def matmul(a, b, bias, has_bias, out):
     j0 = cuda.blockIdx.y * MM_TILE
     n_m, n_k, n_n = a.shape[0], a.shape[1], b.shape[1]
     zero = out.dtype.type(0)
-    for r in range(MM_REG):
-        for c in range(MM_REG):
-            acc[r, c] = zero
+    fill_tile(acc, MM_REG, zero)
     for k0 in range(0, n_k, MM_TILE_K):
         cuda.syncthreads()  # the previous tiles have been read by every thread
         for e in range(tid, MM_TILE * MM_TILE_K, MM_THREADS * MM_THREADS):
