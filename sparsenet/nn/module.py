@@ -612,7 +612,10 @@ class _WeightedLayer(Module):
         return self._backward(grad_out, need_input=True)
 
     def backward_params(self, grad_out):
-        self._backward(grad_out, need_input=False)
+        if type(self).backward is not _WeightedLayer.backward:  # a subclass's own backward wins
+            self.backward(grad_out)
+        else:
+            self._backward(grad_out, need_input=False)
 
     def _backward(self, grad_out, need_input):
         raise NotImplementedError(f"{type(self).__name__} does not implement _backward")

@@ -295,3 +295,20 @@ def test_sequential_backward_params_skips_the_first_input_gradient(rng, monkeypa
     assert act.backward_params(np.ones((5, 12), np.float32)) is None
     with pytest.raises(RuntimeError, match="without a matching forward"):
         act.backward(np.ones((5, 12), np.float32))
+
+
+def test_backward_params_respects_a_subclass_backward(rng):
+    """A user subclass that overrides backward (here: scaling the gradient) gets that backward
+    under backward_params too, not the base layer's shortcut."""
+    class Scaled(nn.Linear):
+        def backward(self, grad_out):
+            return super().backward(2 * grad_out)
+
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    g = rng.standard_normal((3, 2)).astype(np.float32)
+    plain, scaled = nn.Linear(4, 2, rng=0), Scaled(4, 2, rng=0)
+    plain(x)
+    plain.backward(2 * g)
+    scaled(x)
+    scaled.backward_params(g)
+    np.testing.assert_allclose(scaled.weight.grad, plain.weight.grad)
