@@ -620,7 +620,7 @@ def sparse_conv2d(x, indptr, indices, data, kernel, bias, stride, padding, dilat
     out = empty((x.shape[0], o, max(out_h, 0), max(out_w, 0)), x.dtype)
     bias = zeros((o,), x.dtype) if bias is None else as_device_array(bias, "bias")
     if out.size:
-        grid, block = _tiled_grid(x.shape[0] * o, out_h, out_w)
+        grid, block = _tiled_grid(math.ceil(x.shape[0] / conv.SPARSE_NB) * o, out_h, out_w)
         conv.sparse_conv2d_fwd[grid, block](x, indptr, indices, data, int(groups), *kernel, *stride, *padding,
                                             *dilation, bias, out)
     return out
@@ -644,7 +644,7 @@ def sparse_conv2d_backward(g, x, indptr, indices, data, kernel, stride, padding,
         grad_x = empty(x.shape, x.dtype)
         if grad_x.size:
             indptr_t, indices_t, perm = transpose_pattern(n_cols, indptr, indices)
-            grid, block = _tiled_grid(x.shape[0] * x.shape[1], x.shape[2], x.shape[3])
+            grid, block = _tiled_grid(math.ceil(x.shape[0] / conv.SPARSE_NB) * x.shape[1], x.shape[2], x.shape[3])
             conv.sparse_conv2d_grad_input[grid, block](g, indptr_t, indices_t, perm, data, int(groups), *kernel,
                                                        *stride, *padding, *dilation, grad_x)
     if need_weight:

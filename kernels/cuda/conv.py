@@ -57,6 +57,7 @@ SPLIT_MIN_STEPS = 8
 SUM_THREADS = 256
 RED_THREADS = 256  # power of two: the tree reduction halves it
 SPARSE_STAGE = 256  # weight-sparse filter taps decoded into shared memory per chunk
+SPARSE_NB = 4  # samples per thread in the weight-sparse forward and grad-input: exactly four accumulators
 
 
 @cuda.jit(device=True, inline="always")
@@ -439,8 +440,8 @@ def channel_sum(g, out):
 # ==========================  ====================  ==========================================
 # kernel                      block                 grid
 # ==========================  ====================  ==========================================
-# sparse_conv2d_fwd           (CONV_TX, CONV_TY)    (N*O * ceil(OH/CONV_TY) * ceil(OW/CONV_TX),)
-# sparse_conv2d_grad_input    (CONV_TX, CONV_TY)    (N*C * ceil(H/CONV_TY) * ceil(W/CONV_TX),)
+# sparse_conv2d_fwd           (CONV_TX, CONV_TY)    (ceil(N/SPARSE_NB)*O * ceil(OH/CONV_TY) * ceil(OW/CONV_TX),)
+# sparse_conv2d_grad_input    (CONV_TX, CONV_TY)    (ceil(N/SPARSE_NB)*C * ceil(H/CONV_TY) * ceil(W/CONV_TX),)
 # sparse_conv2d_grad_weight   (RED_THREADS,)        (nnz,)
 # ==========================  ====================  ==========================================
 
@@ -466,7 +467,10 @@ def sparse_conv2d_fwd(x, indptr, indices, data, groups, kh, kw, sh, sw, ph, pw, 
     shift, value): the two divisions that turn a flattened column into (c, p, q) are done once
     per tap and block instead of once per tap and pixel (64-bit divisions are emulated, some
     70 instructions each).  The summing loop then reads broadcasts and tests the padding with
-    one unsigned compare per axis (the compiler predicates the load and multiply-add on it).
+    one unsigned compare per axis (the compiler predicates the loads and multiply-adds on it).
+    A thread computes its pixel for SPARSE_NB = 4 samples at once: one tap's decode, padding
+    test and address serve four loads and four multiply-adds (the samples past N re-read the
+    last sample and are not stored).
     """
     st_c = cuda.shared.array(SPARSE_STAGE, dtype=int32)
     st_dy = cuda.shared.array(SPARSE_STAGE, dtype=int32)
@@ -478,22 +482,31 @@ def sparse_conv2d_fwd(x, indptr, indices, data, groups, kh, kw, sh, sw, ph, pw, 
     n_tiles = ((out_h + CONV_TY - 1) // CONV_TY) * tiles_j
     plane = cuda.blockIdx.x // n_tiles  # one flat grid axis: grid y would cap tiles at 65,535
     tile = cuda.blockIdx.x - plane * n_tiles
-    n = plane // n_o
-    o = plane - n * n_o
+    n_group = plane // n_o  # samples n0 .. n0 + SPARSE_NB - 1
+    o = plane - n_group * n_o
     tile_r = tile // tiles_j
     r = tile_r * CONV_TY + cuda.threadIdx.y
     j = (tile - tile_r * tiles_j) * CONV_TX + cuda.threadIdx.x
     inside = r < out_h and j < out_w  # no early return: every thread meets the syncthreads
     c_first = (o // (n_o // groups)) * (n_c // groups)
     tid = cuda.threadIdx.y * CONV_TX + cuda.threadIdx.x
-    xn = x[uint32(n)]
+    n0 = n_group * SPARSE_NB
+    last = x.shape[0] - 1
+    x0 = x[uint32(n0)]
+    x1 = x[uint32(min(n0 + 1, last))]
+    x2 = x[uint32(min(n0 + 2, last))]
+    x3 = x[uint32(min(n0 + 3, last))]
     uh = uint32(h)
     uw = uint32(w)
     top = int32(r * sh)
     left = int32(j * sw)
     start = indptr[o]
     end = indptr[o + 1]
-    acc = out.dtype.type(0)
+    zero = out.dtype.type(0)
+    acc0 = zero
+    acc1 = zero
+    acc2 = zero
+    acc3 = zero
     for k0 in range(start, end, SPARSE_STAGE):
         cuda.syncthreads()  # the previous chunk has been used by every thread
         n_k = uint32(min(SPARSE_STAGE, end - k0))
@@ -510,10 +523,22 @@ def sparse_conv2d_fwd(x, indptr, indices, data, groups, kh, kw, sh, sw, ph, pw, 
                 a = _wrap32(top + st_dy[t])  # a tap in the padding wraps to >= h: one compare
                 b = _wrap32(left + st_dx[t])
                 if a < uh and b < uw:
-                    acc += st_w[t] * xn[uint32(st_c[t]), a, b]
+                    c = uint32(st_c[t])
+                    w_t = st_w[t]
+                    acc0 += w_t * x0[c, a, b]
+                    acc1 += w_t * x1[c, a, b]
+                    acc2 += w_t * x2[c, a, b]
+                    acc3 += w_t * x3[c, a, b]
                 t += uint32(1)
     if inside:
-        out[n, o, r, j] = acc + bias[o]
+        shift = bias[o]
+        out[n0, o, r, j] = acc0 + shift
+        if n0 + 1 <= last:
+            out[n0 + 1, o, r, j] = acc1 + shift
+        if n0 + 2 <= last:
+            out[n0 + 2, o, r, j] = acc2 + shift
+        if n0 + 3 <= last:
+            out[n0 + 3, o, r, j] = acc3 + shift
 
 
 @cuda.jit
@@ -525,6 +550,10 @@ def sparse_conv2d_grad_input(g, indptr_t, indices_t, perm, data, groups, kh, kw,
     into ``data``): column (c mod C/groups, p, q) lists the filters using that tap, of which
     those in c's group count.  One writer per element, no atomics.  g (N, O, OH, OW);
     gx (N, C, H, W) preallocated and overwritten.
+
+    A thread computes its input pixel for SPARSE_NB = 4 samples, as the forward does: a tap's
+    two divisions and an entry's filter index and value serve four loads and multiply-adds
+    (the samples past N re-read the last sample and are not stored).
     """
     n_c, h, w = gx.shape[1], gx.shape[2], gx.shape[3]
     n_o, out_h, out_w = g.shape[1], g.shape[2], g.shape[3]
@@ -532,8 +561,8 @@ def sparse_conv2d_grad_input(g, indptr_t, indices_t, perm, data, groups, kh, kw,
     n_tiles = ((h + CONV_TY - 1) // CONV_TY) * tiles_b
     plane = cuda.blockIdx.x // n_tiles
     tile = cuda.blockIdx.x - plane * n_tiles
-    n = plane // n_c
-    c = plane - n * n_c
+    n_group = plane // n_c
+    c = plane - n_group * n_c
     tile_a = tile // tiles_b
     a = tile_a * CONV_TY + cuda.threadIdx.y
     b = (tile - tile_a * tiles_b) * CONV_TX + cuda.threadIdx.x
@@ -546,8 +575,17 @@ def sparse_conv2d_grad_input(g, indptr_t, indices_t, perm, data, groups, kh, kw,
     col0 = (c - grp * c_g) * taps
     o_lo = grp * o_g  # the filters of c's group: o_lo <= o < o_hi (a compare, not a division per tap)
     o_hi = o_lo + o_g
-    gn = g[uint32(n)]
-    acc = gx.dtype.type(0)
+    n0 = n_group * SPARSE_NB
+    last = g.shape[0] - 1
+    g0 = g[uint32(n0)]
+    g1 = g[uint32(min(n0 + 1, last))]
+    g2 = g[uint32(min(n0 + 2, last))]
+    g3 = g[uint32(min(n0 + 3, last))]
+    zero = gx.dtype.type(0)
+    acc0 = zero
+    acc1 = zero
+    acc2 = zero
+    acc3 = zero
     for p in range(kh):
         reads_r, r = _output_reading(a, ph, p, dh, sh, out_h)
         if not reads_r:
@@ -557,15 +595,29 @@ def sparse_conv2d_grad_input(g, indptr_t, indices_t, perm, data, groups, kh, kw,
             if not reads_j:
                 continue
             col = col0 + p * kw + q
-            g_tap = gn[:, r, jj]  # g[n, :, r, jj]: each filter's output at this tap
+            tap0 = g0[:, r, jj]  # g[n, :, r, jj]: each filter's output at this tap
+            tap1 = g1[:, r, jj]
+            tap2 = g2[:, r, jj]
+            tap3 = g3[:, r, jj]
             k = uint64(indptr_t[col])  # unsigned: no negative-index fix-ups per entry
             k_end = uint64(indptr_t[col + 1])
             while k < k_end:
                 o = indices_t[k]
                 if o_lo <= o < o_hi:
-                    acc += data[uint64(perm[k])] * g_tap[uint32(o)]
+                    value = data[uint64(perm[k])]
+                    uo = uint32(o)
+                    acc0 += value * tap0[uo]
+                    acc1 += value * tap1[uo]
+                    acc2 += value * tap2[uo]
+                    acc3 += value * tap3[uo]
                 k += uint64(1)
-    gx[n, c, a, b] = acc
+    gx[n0, c, a, b] = acc0
+    if n0 + 1 <= last:
+        gx[n0 + 1, c, a, b] = acc1
+    if n0 + 2 <= last:
+        gx[n0 + 2, c, a, b] = acc2
+    if n0 + 3 <= last:
+        gx[n0 + 3, c, a, b] = acc3
 
 
 @cuda.jit
