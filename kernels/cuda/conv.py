@@ -40,11 +40,11 @@ from .block import block_sum, fill_tile, tile_mma, unravel4
 
 CONV_TX = 32  # the weight-sparse kernels' pixel tiles
 CONV_TY = 8
-# conv2d_fwd and conv2d_grad_input, implicit GEMMs tiled like ops.matmul: GEMM_TILE channels x
-# GEMM_TILE pixels a block of GEMM_THREADS x GEMM_THREADS threads, GEMM_REG x GEMM_REG a thread,
-# K by GEMM_TILE_K.
+# The dense implicit GEMMs, tiled like ops.matmul: a GEMM_TILE x GEMM_TILE output tile (channels x
+# pixels, or filters x taps for grad-weight) a block of GEMM_THREADS x GEMM_THREADS threads,
+# GEMM_REG x GEMM_REG a thread, K by GEMM_TILE_K.
 # GEMM_TILE = GEMM_THREADS * GEMM_REG, and GEMM_THREADS**2 is a multiple of GEMM_TILE: each
-# thread stages one fixed column of the patch tile.
+# thread stages one fixed column of the gathered tile.
 GEMM_THREADS = 16
 GEMM_REG = 4
 GEMM_TILE = 64
