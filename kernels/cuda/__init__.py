@@ -649,10 +649,34 @@ def sparse_conv2d_backward(g, x, indptr, indices, data, kernel, stride, padding,
                                                        *stride, *padding, *dilation, grad_x)
     if need_weight:
         grad_w = empty((indices.shape[0],), x.dtype)
-        if grad_w.size:
-            conv.sparse_conv2d_grad_weight[(indices.shape[0],), (conv.RED_THREADS,)](
-                g, x, indptr, indices, int(groups), *kernel, *stride, *padding, *dilation, grad_w)
+        if grad_w.size and 0 in x.shape[2:]:  # an empty input plane: every tap falls in the padding
+            grad_w = zeros(grad_w.shape, grad_w.dtype)
+        elif grad_w.size:
+            chunks = _weight_chunks(indptr)
+            conv.sparse_conv2d_grad_weight[(chunks.shape[0],), (conv.RED_THREADS,)](
+                g, x, chunks, indices, int(groups), *kernel, *stride, *padding, *dilation, grad_w)
     return grad_x, grad_w
+
+
+def _weight_chunks(indptr):
+    """The weight-sparse grad-weight's work list: an (n_chunks, 3) int64 device array of (row,
+    first entry, end entry), each chunk up to ``GW_ENTRIES`` consecutive entries of one row.
+    Derived on the host once per pattern (cached against the ``indptr`` device array, like
+    ``transpose_pattern``)."""
+    conv = _conv()
+    indptr = as_device_array(indptr, "indptr")
+    what = ("weight chunks", conv.GW_ENTRIES)
+    hit = _recall(indptr, what)
+    if hit is None:
+        ptr = indptr.copy_to_host().astype(np.int64)
+        sizes = np.diff(ptr)
+        per_row = -(-sizes // conv.GW_ENTRIES)
+        rows = np.repeat(np.arange(sizes.size), per_row)
+        within = np.arange(rows.size) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+        starts = ptr[rows] + within * conv.GW_ENTRIES
+        ends = np.minimum(starts + conv.GW_ENTRIES, ptr[rows + 1])
+        hit = _remember(indptr, what, _cuda().to_device(np.ascontiguousarray(np.stack([rows, starts, ends], 1))))
+    return hit
 
 
 def _local_launch(kernel, total, *args):

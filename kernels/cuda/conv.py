@@ -58,6 +58,7 @@ SUM_THREADS = 256
 RED_THREADS = 256  # power of two: the tree reduction halves it
 SPARSE_STAGE = 256  # weight-sparse filter taps decoded into shared memory per chunk
 SPARSE_NB = 4  # samples per thread in the weight-sparse forward and grad-input: exactly four accumulators
+GW_ENTRIES = 4  # stored entries of one filter per block of the weight-sparse grad-weight (four sums)
 
 
 @cuda.jit(device=True, inline="always")
@@ -280,33 +281,6 @@ def _plane_split(plane, tid, stride):
     return tid % plane, plane, tid // plane, n_step
 
 
-@cuda.jit(device=True, inline="always")
-def _tap_partial(g, x, o, c, p, q, sh, sw, ph, pw, dh, dw, tid, stride):
-    """This thread's share of sum_{n, r, j} g[n, o, r, j] * x[n, c, r*sh - ph + p*dh, j*sw - pw + q*dw]:
-    its output pixels (r, j) (j fastest across threads: coalesced) over its samples n (see
-    ``_plane_split``), so the one division and the padding test of a pixel serve many products."""
-    h, w = x.shape[2], x.shape[3]
-    out_h, out_w = g.shape[2], g.shape[3]
-    pix0, pix_step, n0, n_step = _plane_split(out_h * out_w, tid, stride)
-    n_batch = uint32(x.shape[0])
-    u_step = uint32(n_step)
-    acc = g.dtype.type(0)
-    if n0 < n_step:
-        for idx in range(pix0, out_h * out_w, pix_step):
-            r = idx // out_w
-            j = idx - r * out_w
-            a = r * sh - ph + p * dh
-            b = j * sw - pw + q * dw
-            if a >= 0 and a < h and b >= 0 and b < w:
-                g_px = g[:, o, r, j]  # the pixel over the batch: one strided pointer each
-                x_px = x[:, c, a, b]
-                n = uint32(n0)
-                while n < n_batch:
-                    acc += g_px[n] * x_px[n]
-                    n += u_step
-    return acc
-
-
 @cuda.jit
 def conv2d_grad_weight(g, x, kh, kw, sh, sw, ph, pw, dh, dw, steps_per_split, part):
     """part[s, o, k] = sum over the output pixels (n, r, j) of split s of g[n, o, r, j] *
@@ -442,7 +416,7 @@ def channel_sum(g, out):
 # ==========================  ====================  ==========================================
 # sparse_conv2d_fwd           (CONV_TX, CONV_TY)    (ceil(N/SPARSE_NB)*O * ceil(OH/CONV_TY) * ceil(OW/CONV_TX),)
 # sparse_conv2d_grad_input    (CONV_TX, CONV_TY)    (ceil(N/SPARSE_NB)*C * ceil(H/CONV_TY) * ceil(W/CONV_TX),)
-# sparse_conv2d_grad_weight   (RED_THREADS,)        (nnz,)
+# sparse_conv2d_grad_weight   (RED_THREADS,)        (chunks of GW_ENTRIES entries of one filter,)
 # ==========================  ====================  ==========================================
 
 
@@ -621,32 +595,91 @@ def sparse_conv2d_grad_input(g, indptr_t, indices_t, perm, data, groups, kh, kw,
 
 
 @cuda.jit
-def sparse_conv2d_grad_weight(g, x, indptr, indices, groups, kh, kw, sh, sw, ph, pw, dh, dw, gw):
+def sparse_conv2d_grad_weight(g, x, chunks, indices, groups, kh, kw, sh, sw, ph, pw, dh, dw, gw):
     """gw[k] = sum_{n, r, j} g[n, o, r, j] * x[n, c0 + c, r*sh - ph + p*dh, j*sw - pw + q*dw] for
     stored entry k = (o, col = (c, p, q)): the weight gradient on the pattern only.
 
-    One block per entry (its row found by binary search in indptr), threads striding over
-    (n, r, j) with j fastest (coalesced), fixed tree reduction.  gw (nnz,) overwritten.
+    chunks (n_chunks, 3) int64: (row o, first entry, end entry) of up to GW_ENTRIES = 4
+    consecutive entries of one filter row (``_weight_chunks`` in the wrappers); one block per chunk.  gw (nnz,)
+    overwritten.
+
+    The block's entries share their filter's output gradient g[:, o]: each thread takes its
+    output pixels (r, j) (j fastest across threads: coalesced; see ``_plane_split``), works out
+    once per pixel and entry whether the tap falls in the padding and where it reads x, then
+    runs over the batch with one load of g and four of x per sample: four multiply-adds per g
+    load (one block per entry re-read g for every entry, two loads per multiply-add).  The
+    per-entry sums are reduced with fixed trees: deterministic, no atomics.
     """
-    red = cuda.shared.array(RED_THREADS, dtype=gw.dtype)
-    n_c, n_o = x.shape[1], g.shape[1]
-    k = cuda.blockIdx.x
-    lo = 0
-    hi = n_o  # find o with indptr[o] <= k < indptr[o + 1] (the last such row: skips empty rows)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if indptr[mid] <= k:
-            lo = mid
-        else:
-            hi = mid
-    o = lo
-    c, p, q = _split_tap(indices[k], kh, kw)
-    c = (o // (n_o // groups)) * (n_c // groups) + c
+    red0 = cuda.shared.array(RED_THREADS, dtype=gw.dtype)
+    red1 = cuda.shared.array(RED_THREADS, dtype=gw.dtype)
+    red2 = cuda.shared.array(RED_THREADS, dtype=gw.dtype)
+    red3 = cuda.shared.array(RED_THREADS, dtype=gw.dtype)
+    n_c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    n_o, out_h, out_w = g.shape[1], g.shape[2], g.shape[3]
+    chunk = cuda.blockIdx.x
+    o = chunks[chunk, 0]
+    k0 = chunks[chunk, 1]
+    n_e = chunks[chunk, 2] - k0  # 1 .. GW_ENTRIES
+    c_first = (o // (n_o // groups)) * (n_c // groups)
+    # The chunk's taps; entries past its end repeat its first (never stored).
+    c0, p0, q0 = _split_tap(indices[k0], kh, kw)
+    c1, p1, q1 = _split_tap(indices[k0 + 1] if n_e > 1 else indices[k0], kh, kw)
+    c2, p2, q2 = _split_tap(indices[k0 + 2] if n_e > 2 else indices[k0], kh, kw)
+    c3, p3, q3 = _split_tap(indices[k0 + 3] if n_e > 3 else indices[k0], kh, kw)
     tid = cuda.threadIdx.x
-    red[tid] = _tap_partial(g, x, o, c, p, q, sh, sw, ph, pw, dh, dw, tid, RED_THREADS)
-    total = block_sum(red, tid)
+    pix0, pix_step, n0, n_step = _plane_split(out_h * out_w, tid, RED_THREADS)
+    n_batch = uint32(x.shape[0])
+    u_step = uint32(n_step)
+    zero = gw.dtype.type(0)
+    s0 = zero
+    s1 = zero
+    s2 = zero
+    s3 = zero
+    if n0 < n_step:
+        for idx in range(pix0, out_h * out_w, pix_step):
+            r = idx // out_w
+            j = idx - r * out_w
+            g_px = g[:, o, r, j]  # the pixel's output gradient over the batch
+            in0, x0 = _tap_column(x, c_first + c0, r * sh - ph + p0 * dh, j * sw - pw + q0 * dw, h, w)
+            in1, x1 = _tap_column(x, c_first + c1, r * sh - ph + p1 * dh, j * sw - pw + q1 * dw, h, w)
+            in2, x2 = _tap_column(x, c_first + c2, r * sh - ph + p2 * dh, j * sw - pw + q2 * dw, h, w)
+            in3, x3 = _tap_column(x, c_first + c3, r * sh - ph + p3 * dh, j * sw - pw + q3 * dw, h, w)
+            n = uint32(n0)
+            while n < n_batch:
+                gv = g_px[n]
+                if in0:
+                    s0 += gv * x0[n]
+                if in1:
+                    s1 += gv * x1[n]
+                if in2:
+                    s2 += gv * x2[n]
+                if in3:
+                    s3 += gv * x3[n]
+                n += u_step
+    red0[tid] = s0
+    red1[tid] = s1
+    red2[tid] = s2
+    red3[tid] = s3
+    t0 = block_sum(red0, tid)
+    t1 = block_sum(red1, tid)
+    t2 = block_sum(red2, tid)
+    t3 = block_sum(red3, tid)
     if tid == 0:
-        gw[k] = total
+        gw[k0] = t0
+        if n_e > 1:
+            gw[k0 + 1] = t1
+        if n_e > 2:
+            gw[k0 + 2] = t2
+        if n_e > 3:
+            gw[k0 + 3] = t3
+
+
+@cuda.jit(device=True, inline="always")
+def _tap_column(x, c, a, b, h, w):
+    """(whether input position (a, b) is inside the plane, x[:, c, a', b'] over the batch) with
+    (a', b') clamped into the plane, so the view is always valid (read only when inside)."""
+    inside = a >= 0 and a < h and b >= 0 and b < w
+    return inside, x[:, c, min(max(a, 0), h - 1), min(max(b, 0), w - 1)]
 
 
 # --------------------------------------------------------------------------- locally connected

@@ -65,6 +65,12 @@ def test_sparse_conv2d_of_an_empty_plane_is_the_bias(rng):
     np.testing.assert_array_equal(y, np.broadcast_to(bias[None, :, None, None], y.shape))
     yd = F.sparse_conv2d(_dev(x), w.to("cuda"), (1, 3), _dev(bias), **geo)
     np.testing.assert_array_equal(_host(yd), y)
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    host = F.sparse_conv2d_backward(g, x, w, (1, 3), **geo)
+    dev = F.sparse_conv2d_backward(_dev(g), _dev(x), w.to("cuda"), (1, 3), **geo)
+    for a, b in zip(dev, host):  # grad_x empty, grad_w zeros (all taps in the padding), grad_b sums
+        np.testing.assert_allclose(_host(a), b, rtol=1e-6)
+    assert not _host(dev[1]).any()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
