@@ -455,6 +455,15 @@ def _out_size(size, kernel, stride, padding, dilation):
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def _check_grad_out(g, x, n_out, kernel, stride, padding, dilation):
+    """The backward kernels read g over x's batch and the output plane: refuse any other shape
+    (on the GPU a short g would be read past its end)."""
+    expected = (x.shape[0], n_out) + tuple(
+        max(_out_size(x.shape[2 + i], kernel[i], stride[i], padding[i], dilation[i]), 0) for i in range(2))
+    if tuple(g.shape) != expected:
+        raise ValueError(f"g must have the output's shape {expected}; got {tuple(g.shape)}")
+
+
 def _nchw(a, name):
     a = as_device_array(a, name)
     if a.ndim != 4:
@@ -510,6 +519,7 @@ def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, ne
     conv = _conv()
     g, x, weight = _nchw(g, "g"), _nchw(x, "x"), _nchw(weight, "weight")
     o, c_g, kh, kw = weight.shape
+    _check_grad_out(g, x, o, (kh, kw), stride, padding, dilation)
     grad_x = grad_w = None
     if need_input:
         grad_x = empty(x.shape, x.dtype)
@@ -638,6 +648,7 @@ def sparse_conv2d_backward(g, x, indptr, indices, data, kernel, stride, padding,
     indptr, indices = _pattern(indptr, indices)
     data = as_device_array(data, "data")
     _same_dtype(g=g, x=x, data=data)
+    _check_grad_out(g, x, indptr.shape[0] - 1, kernel, stride, padding, dilation)
     n_cols = x.shape[1] // groups * kernel[0] * kernel[1]
     grad_x = grad_w = None
     if need_input:

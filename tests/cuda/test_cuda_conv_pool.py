@@ -110,6 +110,9 @@ def test_conv2d_backward_flags_and_big_kernel(rng):
     g = rng.standard_normal((1, 1, 3, 3))
     gx, gw = kc.conv2d_backward(_dev(g), _dev(x), _dev(w), (1, 1), (0, 0), (1, 1), need_input=False)
     assert gx is None and gw is not None
+    # A g that is not the output's shape is refused (the kernels would read past a short one).
+    with pytest.raises(ValueError, match="output's shape"):
+        kc.conv2d_backward(_dev(np.zeros((1, 1, 2, 3))), _dev(x), _dev(w), (1, 1), (0, 0), (1, 1))
     # No filters at all: the input gradient is zeros (every element still written), the forward empty.
     x0, w0 = _dev(np.ones((2, 3, 4, 4))), _dev(np.zeros((0, 3, 2, 2)))
     gx, gw = kc.conv2d_backward(_dev(np.zeros((2, 0, 3, 3))), x0, w0, (1, 1), (0, 0), (1, 1))

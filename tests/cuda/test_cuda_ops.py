@@ -68,6 +68,9 @@ def test_sparse_conv2d_of_an_empty_plane_is_the_bias(rng):
     g = rng.standard_normal(y.shape).astype(np.float32)
     host = F.sparse_conv2d_backward(g, x, w, (1, 3), **geo)
     dev = F.sparse_conv2d_backward(_dev(g), _dev(x), w.to("cuda"), (1, 3), **geo)
+    with pytest.raises(ValueError, match="output's shape"):  # a short g would be read past its end
+        K.sparse_conv2d_backward(_dev(np.ascontiguousarray(g[:, :, :1])), _dev(x), *(_dev(a) for a in (w.indptr, w.indices, w.data)),
+                                 (1, 3), (1, 1), (1, 1), (1, 1), 1)
     for a, b in zip(dev, host):  # grad_x empty, grad_w zeros (all taps in the padding), grad_b sums
         np.testing.assert_allclose(_host(a), b, rtol=1e-6)
     assert not _host(dev[1]).any()
