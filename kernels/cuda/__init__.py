@@ -368,14 +368,14 @@ def sddmm(indptr, indices, g, x):
     g_t = feature_major(g, "g")
     x_t = feature_major(x, "x")
     _same_dtype(g=g_t, x=x_t)
+    n_row = indptr.shape[0] - 1
     if g_t.shape[1] != x_t.shape[1]:
         raise ValueError(f"sddmm: g and x must have the same batch; got {g_t.shape[1]} and {x_t.shape[1]}")
-    if g_t.shape[0] != indptr.shape[0] - 1:
-        raise ValueError(f"sddmm: g must have one feature per row of W ({indptr.shape[0] - 1}); got {g_t.shape[0]}")
+    if g_t.shape[0] != n_row:
+        raise ValueError(f"sddmm: g must have one feature per row of W ({n_row}); got {g_t.shape[0]}")
     if g_t.shape[1] >= 2**31:  # the kernel counts the batch in 32 bits
         raise ValueError(f"sddmm on the GPU takes a batch below 2**31; got {g_t.shape[1]}")
     out = empty((indices.shape[0],), g_t.dtype)
-    n_row = indptr.shape[0] - 1
     if indices.shape[0] == 0:
         return out
     block = (csr.WARP, csr.SDDMM_WARPS)  # one block per row: 4 entries per warp, lanes along the batch
@@ -675,7 +675,6 @@ def _weight_chunks(indptr):
     Derived on the host once per pattern (cached against the ``indptr`` device array, like
     ``transpose_pattern``)."""
     conv = _conv()
-    indptr = as_device_array(indptr, "indptr")
     what = ("weight chunks", conv.GW_ENTRIES)
     hit = _recall(indptr, what)
     if hit is None:
