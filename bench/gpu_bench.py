@@ -6,7 +6,7 @@ Standalone script (not collected by pytest).  On a machine with an NVIDIA GPU:
     python bench/gpu_bench.py --suite csr --shapes 0,3    # a subset
     NUMBA_ENABLE_CUDASIM=1 python bench/gpu_bench.py --dry-run   # plumbing check, no timing
 
-Suites (``--suite overhead,csr,conv,sparsity,train``, default all):
+Suites (``--suite overhead,csr,conv,sparsity,dropout,train``, default all):
 
 * ``overhead``: host cost per call (numba's empty-kernel launch, a device allocation, a tiny
   sparsenet SpMM) against torch's: what bounds small, launch-bound layers.
@@ -23,6 +23,10 @@ Suites (``--suite overhead,csr,conv,sparsity,train``, default all):
   replaces (copy to host, NumPy, copy back); the group soft threshold over input columns
   (gathered) and output rows vs the same map in torch.  Each call first restores the weight
   (one device-to-device copy, the same for every peer).
+* ``dropout``: forward and backward of dropout (p = 0.5, float32) on activations as a model
+  makes them (F-ordered after a sparse layer, NCHW after a convolution): the mask drawn in the
+  kernel (Philox) vs the host-drawn mask it replaced (``rng.random``, upload, multiply) vs
+  torch's ``native_dropout`` and its backward.
 * ``train``: one whole training step (forward, cross-entropy, backward_params, Adam) of a SparseLinear
   MLP 784-1000-1000-10 (density 0.04): the model on the GPU (batch uploaded inside the timing)
   against the same model on the CPU (Numba kernels, all cores), per batch size.
@@ -60,7 +64,7 @@ SHAPES = [
     (4096, 4096, 4096, 0.10),
 ]
 DRY_SHAPE = (3, 9, 7, 0.3)
-SUITES = ("overhead", "csr", "conv", "sparsity", "train")
+SUITES = ("overhead", "csr", "conv", "sparsity", "dropout", "train")
 
 
 def parse_args(argv=None):
@@ -350,6 +354,10 @@ def main(argv=None):
         shapes = [(7, 9)] if args.dry_run else SPARSITY_SHAPES
         rows = _measured(shapes, lambda shape: bench_sparsity(shape, args, rng))
         print(_timed_tables("per-step sparsity work", SPARSITY_COLUMNS, rows, SPARSITY_RATIOS) + "\n", flush=True)
+    if "dropout" in args.suites:
+        shapes = [(5, 7)] if args.dry_run else DROPOUT_SHAPES
+        rows = _measured(shapes, lambda shape: bench_dropout(shape, args, rng))
+        print(_timed_tables("dropout forward + backward", DROPOUT_COLUMNS, rows, DROPOUT_RATIOS) + "\n", flush=True)
     if "train" in args.suites:
         batches = [4] if args.dry_run else TRAIN_BATCHES
         rows = _measured(batches, lambda b: bench_train(b, args))
@@ -467,6 +475,48 @@ def _torch_sparsity(w0, n, t, args):
     for name, fn in {"torch_topk": topk, "torch_group_in": lambda: group(0), "torch_group_out": lambda: group(1)}.items():
         out[name], out[name + "_gpu"] = _time_torch(fn, torch, args, gpu_only=True)
     return out
+
+
+# ----------------------------------------------------------------------------- dropout suite
+DROPOUT_SHAPES = [(128, 1000), (4096, 4096), (128, 64, 32, 32)]  # 2-D: F-ordered, as SparseLinear gives
+DROPOUT_COLUMNS = [("case", "activation"), ("philox", "sparsenet (mask in the kernel)"),
+                   ("host_mask", "host-drawn mask, uploaded"), ("torch", "torch native_dropout")]
+DROPOUT_RATIOS = (("philox", "host_mask"), ("philox", "torch"))
+
+
+def bench_dropout(shape, args, rng, p=0.5):
+    from numba import cuda
+
+    from sparsenet import kernels
+
+    x = rng.standard_normal(shape, dtype=np.float32)
+    x = np.asfortranarray(x) if x.ndim == 2 else x
+    d_x = cuda.to_device(x)
+
+    def philox():
+        seed = int(rng.integers(2**64, dtype=np.uint64))
+        kernels.dropout(kernels.dropout(d_x, p, seed), p, seed)  # forward, then backward's recompute
+
+    def host_mask():  # what the Dropout layer did before: draw on the host, upload, multiply twice
+        mask = cuda.to_device((rng.random(shape) >= p).astype(np.float32) * np.float32(1 / (1 - p)))
+        kernels.mul_(kernels.mul_(kernels.copy(d_x), mask), mask)
+
+    row = {"case": "x".join(map(str, shape))}
+    _time_ops({"philox": philox, "host_mask": host_mask}, row, cuda, args)
+    if args.dry_run:
+        seed = 5
+        np.testing.assert_array_equal(kernels.to_host(kernels.dropout(d_x, p, seed)), kernels.dropout(x, p, seed))
+        return row
+    torch = None if args.no_torch else _torch_cuda()
+    if torch is not None:
+        tx = torch.from_numpy(x).to("cuda")
+
+        def torch_dropout():
+            y, mask = torch.native_dropout(tx, p, True)
+            torch.ops.aten.native_dropout_backward(y, mask, 1 / (1 - p))
+
+        row["torch"], row["torch_gpu"] = _time_torch(torch_dropout, torch, args, gpu_only=True)
+    return row
 
 
 # ----------------------------------------------------------------------------- conv suite

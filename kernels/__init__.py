@@ -12,6 +12,8 @@ if __name__ != "sparsenet.kernels":
         f"a second time and shadow the PyPI package of that name); got module name {__name__!r}"
     )
 
+import math
+
 import numba
 import numpy as np
 
@@ -666,12 +668,15 @@ def topk_abs_grad(indptr, indices, g, x, k, *, tile_rows=None):
 
 # ---------------------------------------------------------------------------------------------
 # The rest of a training step: element-wise maps, bias, reductions, dense products, losses.
-# Host arrays get NumPy (these are memory-bound one-liners BLAS or ufuncs already do well),
-# device arrays the kernels of kernels/cuda/ops.py, so a model on the GPU never leaves it.
+# Host arrays get NumPy (these are memory-bound one-liners BLAS or ufuncs already do well;
+# dropout, whose mask generator is integer work, has a kernel), device arrays the kernels of
+# kernels/cuda/ops.py, so a model on the GPU never leaves it.
 # ---------------------------------------------------------------------------------------------
+from .cpu import dropout as _dropout  # noqa: E402
+
 __all__ += [
     "on_device", "ascontiguous", "reshape", "copy", "add_", "bias_add_", "batch_sum", "channel_sum", "matmul",
-    "ACTIVATIONS", "activation", "activation_backward", "scaled_mul", "cross_entropy",
+    "ACTIVATIONS", "activation", "activation_backward", "dropout", "cross_entropy",
     "cross_entropy_backward", "mse_loss", "mse_loss_backward",
 ]
 
@@ -964,11 +969,29 @@ def activation_backward(name, saved, g, slope=0.0):
     return g * (saved * (1 - saved))
 
 
-def scaled_mul(x, mask, scale):
-    """``x * mask * scale`` (dropout with a keep mask of x's shape and dtype)."""
-    if _on_cuda(x=x, mask=mask):
-        return _gpu().scaled_mul(x, mask, scale)
-    return x * mask * x.dtype.type(scale)
+def dropout(x, p, seed):
+    """Inverted dropout of ``x``: each element zeroed with probability ``p``, the rest scaled by
+    ``1 / (1 - p)``; same shape, dtype and device as ``x``.
+
+    The mask is a pure function of ``seed`` and each element's position (Philox4x32-10; see
+    kernels/cpu/dropout.py): the same seed gives the same mask on the CPU and the GPU, and the
+    backward of dropout is ``dropout(grad_out, p, seed)``, with no mask kept in between.
+    ``p`` in [0, 1], ``seed`` an int in [0, 2**64).  Positions are those of the (rows, columns)
+    view that merges all axes but the last.
+    """
+    # 2**32 * p is exact in float64; keeping words >= its ceiling keeps with probability 1 - p
+    # (to within 2**-32).  p == 1 gives 2**32: no word reaches it.
+    threshold = math.ceil(p * 2.0**32)
+    scale = 1.0 / (1.0 - p) if p < 1 else 0.0
+    key0, key1 = seed & 0xFFFFFFFF, seed >> 32
+    if _on_cuda(x=x):
+        return _gpu().dropout(x, key0, key1, threshold, scale)
+    out = np.empty(x.shape, x.dtype)
+    if x.size:
+        cols = x.shape[-1] if x.ndim else 1
+        rows = np.ascontiguousarray(x).reshape(-1, cols)  # (ascontiguousarray makes a 0-d array 1-d)
+        _dropout.dropout(key0, key1, threshold, scale, rows, out.reshape(-1, cols))
+    return out
 
 
 def cross_entropy(logits, target):

@@ -3,6 +3,8 @@
 They compute in float64 from the same raw arrays the kernels take, and are never used as a
 fallback by the library.
 """
+import math
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -250,3 +252,29 @@ def group_soft_threshold(x, groups, t):
         norm = np.sqrt(np.sum(out[idx] ** 2))
         out[idx] *= max(0.0, 1.0 - t * np.sqrt(len(idx)) / norm) if norm > 0 else 0.0
     return out.reshape(np.shape(x))
+
+
+def philox4x32(counter, key):
+    """Philox4x32-10 words, vectorised: counter (4, n) and key (2,) of 32-bit values -> (4, n)
+    uint64.  Python-int arithmetic on object arrays, so no product can overflow by construction."""
+    c = [np.asarray(w, dtype=object) for w in counter]
+    k0, k1 = int(key[0]), int(key[1])
+    for _ in range(10):
+        p0, p1 = c[0] * 0xD2511F53, c[2] * 0xCD9E8D57
+        c = [(p1 >> 32) ^ c[1] ^ k0, p1 & 0xFFFFFFFF, (p0 >> 32) ^ c[3] ^ k1, p0 & 0xFFFFFFFF]
+        k0, k1 = (k0 + 0x9E3779B9) & 0xFFFFFFFF, (k1 + 0xBB67AE85) & 0xFFFFFFFF
+    return np.array([np.asarray(w, dtype=np.uint64) for w in c])
+
+
+def dropout(x, p, seed):
+    """Inverted dropout with the Philox mask of kernels.dropout: element (r, c) of the
+    (rows, last axis) view is kept iff word c % 4 of counter (c // 4, r % 2**32, r // 2**32, 0)
+    under key (seed % 2**32, seed // 2**32) is >= ceil(p * 2**32)."""
+    x = np.asarray(x)
+    cols = x.shape[-1] if x.ndim else 1
+    rows = x.size // cols if cols else 0
+    r, c = np.divmod(np.arange(rows * cols), cols) if cols else (np.zeros(0, int), np.zeros(0, int))
+    words = philox4x32([c // 4, r % 2**32, r // 2**32, np.zeros_like(r)], (seed % 2**32, seed // 2**32))
+    keep = words[c % 4, np.arange(r.size)].astype(np.int64) >= math.ceil(p * 2**32)
+    scale = x.dtype.type(1 / (1 - p)) if p < 1 else x.dtype.type(0)
+    return np.where(keep.reshape(x.shape), x * scale, x.dtype.type(0)).astype(x.dtype)

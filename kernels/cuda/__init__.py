@@ -866,12 +866,33 @@ def activation_backward(kind, slope, saved, g):
     return out
 
 
-def scaled_mul(x, mask, scale):
-    """x * mask * scale element-wise (dropout); ``mask`` a device array of x's shape and dtype."""
-    x, mask = _operands(x, mask, "x", "mask")
+def dropout(x, key0, key1, threshold, scale):
+    """Dropout of device ``x`` with the Philox mask of key (key0, key1) (see kernels.dropout).
+
+    Laid out like ``x`` when it is C-ordered, or F-ordered 2-D (a sparse layer's output); other
+    layouts are made C-contiguous first, since the mask follows logical, not memory, positions.
+    """
+    x = as_device_array(x, "x")
+    if not (_order(x) == "C" or (x.ndim == 2 and _order(x) == "F")):
+        x = contiguous(x, "x")
     out = _empty_like(x)
-    if x.size:
-        _ops().scaled_mul[_grid(x.size)](_flat_view(x), _flat_view(mask), float(scale), _flat_view(out))
+    if not x.size:
+        return out
+    ops = _ops()
+    if _order(x) == "C":  # rows = all axes but the last merged, each row contiguous
+        n_col = x.shape[x.ndim - 1] if x.ndim else 1  # (the simulator's shapes refuse [-1])
+        n_row, row_stride, col_stride, rows_fast = x.size // n_col, n_col, 1, False
+    else:  # F-ordered 2-D: each column contiguous
+        (n_row, n_col), row_stride, col_stride, rows_fast = x.shape, 1, x.shape[0], True
+    n_group = -(-n_col // 4)
+    n_fast, n_slow = (n_row, n_group) if rows_fast else (n_group, n_row)
+    # A warp or more along the contiguous axis, the rest of the block along the other: a
+    # 28-pixel image row (7 groups) leaves 25 of 32 lanes idle, not 249 of 256.
+    tx = min(ops.THREADS, max(32, 1 << (n_fast - 1).bit_length()))
+    ty = ops.THREADS // tx
+    grid = (min(-(-n_fast // tx), ops.MAX_BLOCKS), min(-(-n_slow // ty), ops.MAX_GRID_Y))
+    ops.dropout[grid, (tx, ty)](key0, key1, threshold, float(scale), _flat_view(x), _flat_view(out),
+                                   n_row, n_col, row_stride, col_stride, rows_fast)
     return out
 
 
@@ -1197,7 +1218,7 @@ def accumulate_metrics(acc, loss, batch, logits=None, target=None):
 
 
 __all__ += [
-    "contiguous", "copy", "take", "activation", "activation_backward", "scaled_mul", "add_", "mul_", "soft_threshold_",
+    "contiguous", "copy", "take", "activation", "activation_backward", "dropout", "add_", "mul_", "soft_threshold_",
     "hard_threshold_", "group_soft_threshold_", "zero_smallest_", "activity_penalty_grad_", "bias_add_",
     "batch_sum", "matmul", "transpose", "cross_entropy", "cross_entropy_backward", "mse_loss",
     "mse_loss_backward", "metrics_accumulator", "accumulate_metrics", "channel_moments",

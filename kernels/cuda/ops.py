@@ -17,6 +17,7 @@ elements in the same places) and loop grid-stride, so any size runs on a capped 
 kernel            block                   grid
 ================  ======================  =============================================
 element-wise      (THREADS,)              (min(ceil(n / THREADS), MAX_BLOCKS),)
+dropout           (TX, THREADS // TX)     (ceil(n_fast / TX), ceil(n_slow / TY)), capped
 batch_sum         (RED_THREADS,)          (n_features,)
 matmul            (MM_THREADS, MM_THREADS)  (ceil(M / MM_TILE), ceil(N / MM_TILE))
 loss kernels      (RED_THREADS,)          (1,): one block, batch-sized work
@@ -24,12 +25,17 @@ loss kernels      (RED_THREADS,)          (1,): one block, batch-sized work
 """
 import math
 
-from numba import cuda
+from numba import cuda, int64, uint64
 
+from ..philox import LOW32, SHIFT32, ZERO, philox4x32
 from .block import block_sum, fill_tile, tile_mma, unravel4
+
+# inline: a separately compiled device function needs a live GPU to link (see block.py).
+_philox = cuda.jit(device=True, inline="always")(philox4x32)
 
 THREADS = 256
 MAX_BLOCKS = 16384
+MAX_GRID_Y = 65535  # the hardware's limit on gridDim.y
 RED_THREADS = 256  # power of two: the tree reductions halve it
 # matmul: a MM_TILE x MM_TILE block of out per block of MM_THREADS x MM_THREADS threads, each
 # thread MM_REG x MM_REG outputs (MM_TILE = MM_THREADS * MM_REG; shared shapes must be constants,
@@ -88,11 +94,42 @@ def activation_bwd(kind, slope, saved, g, out):
 
 
 @cuda.jit
-def scaled_mul(x, m, scale, out):
-    """out[i] = x[i] * m[i] * scale (dropout with a keep mask).  x, m, out (n,)."""
+def dropout(key0, key1, threshold, scale, x, out, n_row, n_col, row_stride, col_stride, rows_fast):
+    """Dropout of the (n_row, n_col) matrix laid out in x with element strides (row_stride,
+    col_stride): out[i] = x[i] * scale where the Philox word of (r, c) is >= threshold, else 0.
+
+    The words are those of the CPU kernel (kernels/cpu/dropout.py): one generator call per four
+    elements of a row.  A thread takes one such group; threads of a warp run along the
+    contiguous axis (``rows_fast`` for F order: one group of each of 32 rows, so each of the
+    four loads is coalesced; else 32 consecutive groups of a row), block and grid y along the
+    other.  Both axes are grid-strided, so no index is ever divided.  x, out flat views with
+    the same layout.
+    """
+    k0, k1 = uint64(key0), uint64(key1)
     s = x.dtype.type(scale)
-    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
-        out[i] = x[i] * m[i] * s
+    zero = x.dtype.type(0)
+    n_group = (n_col + 3) // 4
+    n_fast = n_row if rows_fast else n_group
+    n_slow = n_group if rows_fast else n_row
+    fast0, fast_step = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, cuda.gridDim.x * cuda.blockDim.x
+    slow0, slow_step = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, cuda.gridDim.y * cuda.blockDim.y
+    for slow in range(slow0, n_slow, slow_step):
+        for fast in range(fast0, n_fast, fast_step):
+            r = fast if rows_fast else slow
+            q = slow if rows_fast else fast
+            w0, w1, w2, w3 = _philox(uint64(q), uint64(r) & LOW32, uint64(r) >> SHIFT32, ZERO, k0, k1)
+            left = n_col - 4 * q  # >= 1; the words spelled out: a tuple index would go to local memory
+            i = r * row_stride + 4 * q * col_stride
+            out[i] = x[i] * s if int64(w0) >= threshold else zero
+            if left > 1:
+                i += col_stride
+                out[i] = x[i] * s if int64(w1) >= threshold else zero
+            if left > 2:
+                i += col_stride
+                out[i] = x[i] * s if int64(w2) >= threshold else zero
+            if left > 3:
+                i += col_stride
+                out[i] = x[i] * s if int64(w3) >= threshold else zero
 
 
 @cuda.jit

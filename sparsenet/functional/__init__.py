@@ -31,3 +31,7 @@ __all__ += [
     "conv2d", "conv2d_backward", "sparse_conv2d", "sparse_conv2d_backward", "locally_connected2d",
     "locally_connected2d_backward", "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
 ]
+
+from .dropout import dropout, dropout_backward  # noqa: E402
+
+__all__ += ["dropout", "dropout_backward"]

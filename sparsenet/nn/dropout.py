@@ -3,6 +3,7 @@ import numbers
 
 import numpy as np
 
+from .. import functional as F
 from .. import kernels
 from .._validation import as_float_array, check_random_state
 from .module import Module
@@ -19,7 +20,10 @@ class Dropout(Module):
     ----------
     p : float in [0, 1], default=0.5
     rng : None, int or numpy.random.Generator
-        Source of the masks; a seeded layer gives the same masks on every run.
+        Source of the masks: one 64-bit seed drawn per forward, from which the kernel computes
+        the mask (:func:`sparsenet.functional.dropout`).  A seeded layer gives the same masks on
+        every run, on the CPU and on the GPU alike; backward recomputes the mask from the seed,
+        so nothing of the size of the input is kept between forward and backward.
 
     Examples
     --------
@@ -47,26 +51,21 @@ class Dropout(Module):
         if not self.training or self.p == 0:
             self._save((shape, None))  # identity gradient
             return kernels.copy(x)
-        # The mask is drawn on the host from the layer's generator, on either device: a seeded
-        # model draws the same masks on CPU and GPU (on the GPU at the cost of one upload).
-        if self.p == 1:
-            scale = np.zeros(shape, x.dtype)
-        else:
-            keep = self.rng.random(shape) >= self.p
-            scale = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
-        if kernels.on_device(x=x):
-            scale = kernels.to_device(scale)
-        self._save((shape, scale))
-        return kernels.scaled_mul(x, scale, 1.0)
+        # One draw from the layer's generator per call: the seed of a counter-based mask that
+        # the kernel computes on either device (the same mask on CPU and GPU, no upload) and
+        # recomputes at backward (nothing stored).
+        seed = int(self.rng.integers(2**64, dtype=np.uint64))
+        self._save((shape, seed))
+        return F.dropout(x, self.p, seed=seed)
 
     def backward(self, grad_out):
-        shape, scale = self._saved()
+        shape, seed = self._saved()
         grad_out = as_float_array(grad_out, "grad_out")
-        if scale is None:  # the identity: any grad_out passes through, as a copy
+        if seed is None:  # the identity: any grad_out passes through, as a copy
             return kernels.copy(grad_out)
         if tuple(grad_out.shape) != shape:
             raise ValueError(f"grad_out must have the output's shape {shape}; got {tuple(grad_out.shape)}")
-        return kernels.scaled_mul(grad_out, scale, 1.0)
+        return F.dropout_backward(grad_out, self.p, seed=seed)
 
     def get_config(self):
         return {"p": self.p}

@@ -139,7 +139,7 @@ def test_sparse_conv_and_training_step_kernels_compile(compile_ptx, fdt, idt):
         "local2d_grad_weight": (conv.local2d_grad_weight, (t4, t4) + (i,) * 6 + (t4,)),
         "activation_fwd": (ops.activation_fwd, (i, types.float64, vec, vec)),
         "activation_bwd": (ops.activation_bwd, (i, types.float64, vec, vec, vec)),
-        "scaled_mul": (ops.scaled_mul, (vec, vec, types.float64, vec)),
+        "dropout": (ops.dropout, (i, i, i, types.float64, vec, vec, i, i, i, i, types.boolean)),
         "add_inplace": (ops.add_inplace, (vec, vec)),
         "soft_threshold_inplace": (ops.soft_threshold_inplace, (vec, types.float64)),
         "hard_threshold_inplace": (ops.hard_threshold_inplace, (vec, types.float64)),

@@ -199,7 +199,7 @@ def test_sigmoid_saturates_without_nan():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("order", ["C", "F"])
-def test_bias_add_batch_sum_add_scaled_mul(rng, dtype, order):
+def test_bias_add_batch_sum_add(rng, dtype, order):
     y = _layouts(rng, (7, 5), dtype)[order]
     b = rng.standard_normal(5).astype(dtype)
     yd = _dev(y)
@@ -211,8 +211,35 @@ def test_bias_add_batch_sum_add_scaled_mul(rng, dtype, order):
     dd = _dev(dst)
     K.add_(dd, _dev(y))  # src layout may differ from dst's
     np.testing.assert_allclose(_host(dd), dst + y, **_tol(dtype))
-    mask = (rng.random((7, 5)) < 0.5).astype(dtype)
-    np.testing.assert_allclose(_host(K.scaled_mul(_dev(y), _dev(mask), 2.0)), y * mask * 2, **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(7, 5), (33, 9), (1, 1), (6,), (), (2, 3, 4, 6), (0, 5), (5, 0)])
+@pytest.mark.parametrize("order", ["C", "F", "strided"])
+def test_dropout_draws_the_host_mask_on_the_device(rng, dtype, shape, order):
+    """The mask is a function of the seed and the logical position only: any device layout
+    (C, F as a sparse layer's output comes, strided) gives the host's mask, bit for bit."""
+    x = rng.standard_normal(shape).astype(dtype)
+    seed = int(rng.integers(2**64, dtype=np.uint64))
+    if order == "strided" and x.ndim:
+        xd = _dev(np.repeat(x, 2, axis=-1))[..., ::2]
+    else:
+        xd = _dev(np.asfortranarray(x) if order == "F" and x.ndim else x)  # (it makes a 0-d array 1-d)
+    for p in (0.0, 0.35, 1.0):
+        y = K.dropout(xd, p, seed)
+        assert _is_dev(y) and y.shape == x.shape and y.dtype == dtype
+        np.testing.assert_array_equal(_host(y), K.dropout(x, p, seed))
+
+
+def test_dropout_grid_covers_large_slow_and_fast_axes(monkeypatch):
+    """Grid-stride loops on both axes: more rows (or groups) than the capped grid has threads."""
+    from sparsenet.kernels.cuda import ops
+
+    monkeypatch.setattr(ops, "MAX_BLOCKS", 1)
+    monkeypatch.setattr(ops, "MAX_GRID_Y", 2)
+    x = np.random.default_rng(0).standard_normal((45, 300)).astype(np.float32)
+    for a in (x, np.asfortranarray(x)):
+        np.testing.assert_array_equal(_host(K.dropout(_dev(a), 0.5, 77)), K.dropout(x, 0.5, 77))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -245,7 +245,7 @@ def test_fit_on_device_uploads_the_data_once_not_per_batch(rng, monkeypatch, shu
     losses = {}
     for name, loader_cls in (("resident", data.DataLoader), ("per-batch", type("MyLoader", (data.DataLoader,), {
             "__iter__": lambda self: data.DataLoader.__iter__(self)}))):
-        model = _sparse_model().to("cuda")  # no dropout: its host-drawn masks go up per batch
+        model = _model().to("cuda")  # with dropout: its masks are drawn on the device, nothing goes up
         uploads.clear()
         hist = train.fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1),
                          loader_cls(x, y, batch_size=16, shuffle=shuffle, rng=0), epochs=2, progress=False,
@@ -255,7 +255,7 @@ def test_fit_on_device_uploads_the_data_once_not_per_batch(rng, monkeypatch, shu
             assert sorted(uploads) == sorted([x.shape, y.shape] + [(40,)] * (2 if shuffle else 0))
         else:
             assert len(uploads) == 2 * 3 * 2  # x and y of every batch
-    cpu = _sparse_model()
+    cpu = _model()
     hist = train.fit(cpu, nn.CrossEntropyLoss(), optim.SGD(cpu.parameters(), lr=0.1),
                      data.DataLoader(x, y, batch_size=16, shuffle=shuffle, rng=0), epochs=2, progress=False)
     np.testing.assert_allclose(losses["resident"], hist["loss"], rtol=1e-10)
