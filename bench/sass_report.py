@@ -96,17 +96,20 @@ def profile(fn, sig, workdir, name):
     from numba import cuda  # noqa: PLC0415
 
     ptx_path = workdir / f"{name}.ptx"
-    ptx_path.write_text(cuda.compile_ptx(fn.py_func, sig, cc=(9, 0))[0])
+    bounds = getattr(fn, "targetoptions", {}).get("launch_bounds")  # the kernel's register cap, if any
+    ptx_path.write_text(cuda.compile_ptx(fn.py_func, sig, cc=(9, 0), launch_bounds=bounds)[0])
     cubin = workdir / f"{name}.cubin"
     assembled = subprocess.run([_tool("ptxas"), "-arch=sm_90", "-O3", "-v", str(ptx_path), "-o", str(cubin)],
                                capture_output=True, text=True, check=True)
     registers = re.search(r"Used (\d+) registers", assembled.stderr)
+    spilled = re.search(r"(\d+) bytes spill stores", assembled.stderr)
     sass = subprocess.run([_tool("nvdisasm"), "-c", str(cubin)], capture_output=True, text=True, check=True).stdout
     (workdir / f"{name}.sass").write_text(sass)
     fop = r"\b[FD](?:FMA|ADD|MUL|MNMX)\b"
     loops = sorted(inner_loops(sass), key=lambda lp: (-_count(lp, fop), len(lp)))
     return {
         "registers": int(registers.group(1)) if registers else None,
+        "spill_bytes": int(spilled.group(1)) if spilled else None,
         # (instructions, global loads, shared loads, float ops) of each loop doing float work
         "loops": [(len(lp), _count(lp, r"\bLDG?\.E"), _count(lp, r"\bLDS\b"), _count(lp, fop))
                   for lp in loops if _count(lp, fop)],
@@ -124,7 +127,7 @@ def main(argv=None):
         workdir = args.keep or pathlib.Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         print(f"innermost loops doing float work, sm_90, {args.dtype}, {args.index} indices\n")
-        print("| kernel | registers | inner loops: instructions / float ops (global loads, shared loads) | "
+        print("| kernel | registers (spilled bytes) | inner loops: instructions / float ops (global loads, shared loads) | "
               "best instructions per float op |")
         print("|---|---|---|---|")
         for name, fn, sig in _kernels(args.dtype, args.index):
@@ -133,7 +136,7 @@ def main(argv=None):
             r = profile(fn, sig, workdir, name)
             loops = ", ".join(f"{n}/{f} ({g}, {s})" for n, g, s, f in r["loops"])
             best = min((n / f for n, _, _, f in r["loops"]), default=None)
-            print(f"| {name} | {r['registers']} | {loops} | {'' if best is None else f'{best:.1f}'} |")
+            print(f"| {name} | {r['registers']} ({r['spill_bytes']}) | {loops} | {'' if best is None else f'{best:.1f}'} |")
 
 if __name__ == "__main__":
     main()

@@ -94,3 +94,13 @@ def tile_mma(ta, tb, acc, ra, rb, threads, reg, tile_k):
             for j in range(reg):
                 acc[i, j] += ra[i] * rb[j]
         kk += uint32(1)
+
+
+def jit_fitting(max_threads, min_blocks):
+    """``cuda.jit`` asking the compiler to fit ``min_blocks`` blocks of ``max_threads`` threads on
+    one SM (CUDA's ``__launch_bounds__``): a register cap of 65536 / (max_threads * min_blocks).
+    Plain ``cuda.jit`` where launch bounds are not understood (the simulator's jit)."""
+    try:
+        return cuda.jit(launch_bounds=(max_threads, min_blocks))
+    except TypeError:
+        return cuda.jit

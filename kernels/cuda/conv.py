@@ -36,7 +36,7 @@ channel_sum           (RED_THREADS,)        (O,)
 """
 from numba import cuda, int32, int64, uint32, uint64
 
-from .block import block_sum, fill_tile, tile_mma, unravel4
+from .block import block_sum, fill_tile, jit_fitting, tile_mma, unravel4
 
 CONV_TX = 32  # the weight-sparse kernels' pixel tiles
 CONV_TY = 8
@@ -80,7 +80,7 @@ def _pixel(pix, plane, width):
     return n, row, rest - row * width
 
 
-@cuda.jit
+@jit_fitting(GEMM_THREADS * GEMM_THREADS, 2)  # 167 registers uncapped: one block an SM; 128 spill nothing
 def conv2d_fwd(x, weight, kh, kw, bias, sh, sw, ph, pw, dh, dw, out):
     """out[n, o, r, j] = bias[o] + sum_{c, p, q} weight[o, c, p, q] * x[n, c0 + c, r*sh - ph + p*dh,
     j*sw - pw + q*dw] (c0 = first input channel of o's group; out-of-range taps are zero).
@@ -281,7 +281,7 @@ def _plane_split(plane, tid, stride):
     return tid % plane, plane, tid // plane, n_step
 
 
-@cuda.jit
+@jit_fitting(GEMM_THREADS * GEMM_THREADS, 2)  # 130 registers uncapped: one block an SM; 128 spill nothing
 def conv2d_grad_weight(g, x, kh, kw, sh, sw, ph, pw, dh, dw, steps_per_split, part):
     """part[s, o, k] = sum over the output pixels (n, r, j) of split s of g[n, o, r, j] *
     x[n, c0 + c, r*sh - ph + p*dh, j*sw - pw + q*dw], k = (c, p, q) flattened (c0: first input

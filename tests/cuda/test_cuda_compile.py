@@ -214,3 +214,9 @@ def test_sass_report_finds_the_lean_inner_loops(compile_ptx, tmp_path):
         assert loops, f"no inner loop with float work found in {name}"
         best = min(n / f for n, _, _, f in loops)
         assert best <= most, f"{name}'s leanest inner loop takes {best:.1f} instructions per float op"
+    # The dense conv GEMMs are capped to 128 registers (launch bounds: two 256-thread blocks an
+    # SM, where 167 and 130 registers fit only one) without spilling or a longer inner loop.
+    for name in ("conv2d_fwd", "conv2d_grad_input", "conv2d_grad_weight"):
+        result = report.profile(*kernels[name], tmp_path, name)
+        assert result["registers"] <= 128 and result["spill_bytes"] == 0, (name, result)
+        assert min(n / f for n, _, _, f in result["loops"]) <= 2.0, (name, result["loops"])
