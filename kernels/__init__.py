@@ -977,7 +977,8 @@ def dropout(x, p, seed):
     kernels/cpu/dropout.py): the same seed gives the same mask on the CPU and the GPU, and the
     backward of dropout is ``dropout(grad_out, p, seed)``, with no mask kept in between.
     ``p`` in [0, 1], ``seed`` an int in [0, 2**64).  Positions are those of the (rows, columns)
-    view that merges all axes but the last.
+    view that keeps the first axis and merges the others: a sample's features, however shaped,
+    form one long row (long rows vectorise on the CPU).
     """
     # 2**32 * p is exact in float64; keeping words >= its ceiling keeps with probability 1 - p
     # (to within 2**-32).  p == 1 gives 2**32: no word reaches it.
@@ -988,9 +989,9 @@ def dropout(x, p, seed):
         return _gpu().dropout(x, key0, key1, threshold, scale)
     out = np.empty(x.shape, x.dtype)
     if x.size:
-        cols = x.shape[-1] if x.ndim else 1
-        rows = np.ascontiguousarray(x).reshape(-1, cols)  # (ascontiguousarray makes a 0-d array 1-d)
-        _dropout.dropout(key0, key1, threshold, scale, rows, out.reshape(-1, cols))
+        n_row = x.shape[0] if x.ndim else 1
+        rows = np.ascontiguousarray(x).reshape(n_row, -1)  # (ascontiguousarray makes a 0-d array 1-d)
+        _dropout.dropout(key0, key1, threshold, scale, rows, out.reshape(n_row, -1))
     return out
 
 

@@ -267,12 +267,12 @@ def philox4x32(counter, key):
 
 
 def dropout(x, p, seed):
-    """Inverted dropout with the Philox mask of kernels.dropout: element (r, c) of the
-    (rows, last axis) view is kept iff word c % 4 of counter (c // 4, r % 2**32, r // 2**32, 0)
-    under key (seed % 2**32, seed // 2**32) is >= ceil(p * 2**32)."""
+    """Inverted dropout with the Philox mask of kernels.dropout: element (r, c) of the (first
+    axis, the others merged) view is kept iff word c % 4 of counter (c // 4, r % 2**32,
+    r // 2**32, 0) under key (seed % 2**32, seed // 2**32) is >= ceil(p * 2**32)."""
     x = np.asarray(x)
-    cols = x.shape[-1] if x.ndim else 1
-    rows = x.size // cols if cols else 0
+    rows = x.shape[0] if x.ndim else 1
+    cols = x.size // rows if rows else 0
     r, c = np.divmod(np.arange(rows * cols), cols) if cols else (np.zeros(0, int), np.zeros(0, int))
     words = philox4x32([c // 4, r % 2**32, r // 2**32, np.zeros_like(r)], (seed % 2**32, seed // 2**32))
     keep = words[c % 4, np.arange(r.size)].astype(np.int64) >= math.ceil(p * 2**32)

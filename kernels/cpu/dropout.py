@@ -1,6 +1,6 @@
 """CPU dropout kernel: the keep mask drawn from Philox inside the kernel that applies it.
 
-Element (r, c) of the (rows, columns) view of an array keeps its value iff word ``c % 4`` of
+Element (r, c) of the (first axis, the others merged) view of an array keeps its value iff word ``c % 4`` of
 ``philox4x32(c // 4, r mod 2**32, r // 2**32, 0; key)`` is at least ``threshold``: four elements
 per generator call, a pure function of the element's position and the key.  The GPU kernel
 (kernels/cuda/ops.py) computes the same words, so a key gives the same mask on both devices,

@@ -879,9 +879,10 @@ def dropout(x, key0, key1, threshold, scale):
     if not x.size:
         return out
     ops = _ops()
-    if _order(x) == "C":  # rows = all axes but the last merged, each row contiguous
-        n_col = x.shape[x.ndim - 1] if x.ndim else 1  # (the simulator's shapes refuse [-1])
-        n_row, row_stride, col_stride, rows_fast = x.size // n_col, n_col, 1, False
+    if _order(x) == "C":  # rows = the first axis, the others merged: each row contiguous
+        n_row = x.shape[0] if x.ndim else 1
+        n_col = x.size // n_row
+        row_stride, col_stride, rows_fast = n_col, 1, False
     else:  # F-ordered 2-D: each column contiguous
         (n_row, n_col), row_stride, col_stride, rows_fast = x.shape, 1, x.shape[0], True
     n_group = -(-n_col // 4)
