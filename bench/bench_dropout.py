@@ -14,10 +14,11 @@ import pytest
 
 import sparsenet.functional as F
 
-SHAPES = {  # name: activation shape
-    "mlp-128x1000": (128, 1000),
-    "mlp-1024x4096": (1024, 4096),
-    "conv-64x32x16x16": (64, 32, 16, 16),
+SHAPES = {  # name: (activation shape, memory order); a sparse layer's output is F-ordered
+    "mlp-128x1000-F": ((128, 1000), "F"),
+    "mlp-128x1000-C": ((128, 1000), "C"),
+    "mlp-1024x4096-F": ((1024, 4096), "F"),
+    "conv-64x32x16x16": ((64, 32, 16, 16), "C"),
 }
 P = 0.5
 
@@ -31,8 +32,9 @@ def _numpy_mask(x, rng):
 @pytest.mark.parametrize("name", list(SHAPES))
 def test_dropout_step(benchmark, n_threads, name, peer):
     rng = np.random.default_rng(0)
-    x = rng.standard_normal(SHAPES[name], dtype=np.float32)
-    g = rng.standard_normal(SHAPES[name], dtype=np.float32)
+    shape, order = SHAPES[name]
+    x = np.asarray(rng.standard_normal(shape, dtype=np.float32), order=order)
+    g = np.asarray(rng.standard_normal(shape, dtype=np.float32), order=order)
     if peer == "sparsenet":
         def step():
             seed = int(rng.integers(2**64, dtype=np.uint64))

@@ -984,12 +984,20 @@ def dropout(x, p, seed):
     # (to within 2**-32).  p == 1 gives 2**32: no word reaches it.
     threshold = math.ceil(p * 2.0**32)
     scale = 1.0 / (1.0 - p) if p < 1 else 0.0
-    key0, key1 = seed & 0xFFFFFFFF, seed >> 32
+    key0, key1 = seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF
+    n_row = x.shape[0] if x.ndim else 1
+    if x.size and x.size // n_row >= 2**34:  # the group index is one 32-bit counter word
+        raise NotImplementedError(f"dropout takes at most 2**34 elements a sample; got shape {x.shape}")
     if _on_cuda(x=x):
         return _gpu().dropout(x, key0, key1, threshold, scale)
+    if x.ndim == 2 and not x.flags.c_contiguous and x.T.flags.c_contiguous:
+        # F-ordered, as a sparse layer returns it: read in place, returned F-ordered too.
+        out_t = np.empty(x.T.shape, x.dtype)
+        if x.size:
+            _dropout.dropout_t(key0, key1, threshold, scale, x.T, out_t)
+        return out_t.T
     out = np.empty(x.shape, x.dtype)
     if x.size:
-        n_row = x.shape[0] if x.ndim else 1
         rows = np.ascontiguousarray(x).reshape(n_row, -1)  # (ascontiguousarray makes a 0-d array 1-d)
         _dropout.dropout(key0, key1, threshold, scale, rows, out.reshape(n_row, -1))
     return out

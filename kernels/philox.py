@@ -12,6 +12,10 @@ GPU ones, and the CUDA simulator runs it as written.  Each 32-bit word is held i
 so that a 32x32-bit product (``mulhilo``) fits without overflow and without 128-bit types; every
 sum is masked back to 32 bits.  Verified against Random123's known-answer vectors
 (tests/kernels/test_dropout.py).
+
+numba's on-disk cache keys a kernel on its own file, not on this one: after editing this file,
+clear the kernels' ``__pycache__`` (or touch kernels/cpu/dropout.py), or the CPU kernel may
+keep running the cached, old generator.
 """
 import numpy as np
 

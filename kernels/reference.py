@@ -267,14 +267,17 @@ def philox4x32(counter, key):
 
 
 def dropout(x, p, seed):
-    """Inverted dropout with the Philox mask of kernels.dropout: element (r, c) of the (first
-    axis, the others merged) view is kept iff word c % 4 of counter (c // 4, r % 2**32,
-    r // 2**32, 0) under key (seed % 2**32, seed // 2**32) is >= ceil(p * 2**32)."""
+    """Inverted dropout with the Philox mask of kernels.dropout: in the (first axis, the others
+    merged) view, with Q = ceil(columns / 4), element (r, c) is kept iff word c // Q of counter
+    (c % Q, r % 2**32, r // 2**32, 0) under key (seed % 2**32, seed // 2**32) is
+    >= ceil(p * 2**32)."""
     x = np.asarray(x)
     rows = x.shape[0] if x.ndim else 1
     cols = x.size // rows if rows else 0
+    quarter = -(-cols // 4)
     r, c = np.divmod(np.arange(rows * cols), cols) if cols else (np.zeros(0, int), np.zeros(0, int))
-    words = philox4x32([c // 4, r % 2**32, r // 2**32, np.zeros_like(r)], (seed % 2**32, seed // 2**32))
-    keep = words[c % 4, np.arange(r.size)].astype(np.int64) >= math.ceil(p * 2**32)
+    words = philox4x32([c % quarter if cols else c, r % 2**32, r // 2**32, np.zeros_like(r)],
+                       (seed % 2**32, seed // 2**32))
+    keep = words[c // quarter if cols else c, np.arange(r.size)].astype(np.int64) >= math.ceil(p * 2**32)
     scale = x.dtype.type(1 / (1 - p)) if p < 1 else x.dtype.type(0)
     return np.where(keep.reshape(x.shape), x * scale, x.dtype.type(0)).astype(x.dtype)

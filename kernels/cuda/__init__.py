@@ -885,11 +885,12 @@ def dropout(x, key0, key1, threshold, scale):
         row_stride, col_stride, rows_fast = n_col, 1, False
     else:  # F-ordered 2-D: each column contiguous
         (n_row, n_col), row_stride, col_stride, rows_fast = x.shape, 1, x.shape[0], True
-    n_group = -(-n_col // 4)
-    n_fast, n_slow = (n_row, n_group) if rows_fast else (n_group, n_row)
-    # A warp or more along the contiguous axis, the rest of the block along the other: a
-    # 28-pixel image row (7 groups) leaves 25 of 32 lanes idle, not 249 of 256.
-    tx = min(ops.THREADS, max(32, 1 << (n_fast - 1).bit_length()))
+    quarter = -(-n_col // 4)  # generator positions a row
+    n_fast, n_slow = (n_row, quarter) if rows_fast else (quarter, n_row)
+    # Threads along the contiguous axis up to its length, the rest of the block along the other:
+    # warps are cut from the linear thread id, so a warp of tx = 8 covers 8 positions of 4 rows
+    # and no lane idles when rows are short.
+    tx = min(ops.THREADS, 1 << (n_fast - 1).bit_length())
     ty = ops.THREADS // tx
     grid = (min(-(-n_fast // tx), ops.MAX_BLOCKS), min(-(-n_slow // ty), ops.MAX_GRID_Y))
     ops.dropout[grid, (tx, ty)](key0, key1, threshold, float(scale), _flat_view(x), _flat_view(out),

@@ -5,6 +5,8 @@ those kernels still compile to PTX without a GPU (a separately compiled device f
 a live device to be linked; see tests/cuda/test_cuda_compile.py), and the simulator runs them
 as plain calls.
 """
+import inspect
+
 from numba import cuda, uint32
 
 
@@ -99,8 +101,9 @@ def tile_mma(ta, tb, acc, ra, rb, threads, reg, tile_k):
 def jit_fitting(max_threads, min_blocks):
     """``cuda.jit`` asking the compiler to fit ``min_blocks`` blocks of ``max_threads`` threads on
     one SM (CUDA's ``__launch_bounds__``): a register cap of 65536 / (max_threads * min_blocks).
-    Plain ``cuda.jit`` where launch bounds are not understood (the simulator's jit)."""
-    try:
-        return cuda.jit(launch_bounds=(max_threads, min_blocks))
-    except TypeError:
+    Plain ``cuda.jit`` where launch bounds are not a parameter: the simulator's jit, and
+    numba-cuda releases before them, whose jit would take the keyword silently and then fail
+    at the first launch."""
+    if "launch_bounds" not in inspect.signature(cuda.jit).parameters:
         return cuda.jit
+    return cuda.jit(launch_bounds=(max_threads, min_blocks))

@@ -98,19 +98,20 @@ def dropout(key0, key1, threshold, scale, x, out, n_row, n_col, row_stride, col_
     """Dropout of the (n_row, n_col) matrix laid out in x with element strides (row_stride,
     col_stride): out[i] = x[i] * scale where the Philox word of (r, c) is >= threshold, else 0.
 
-    The words are those of the CPU kernel (kernels/cpu/dropout.py): one generator call per four
-    elements of a row.  A thread takes one such group; threads of a warp run along the
-    contiguous axis (``rows_fast`` for F order: one group of each of 32 rows, so each of the
-    four loads is coalesced; else 32 consecutive groups of a row), block and grid y along the
-    other.  Both axes are grid-strided, so no index is ever divided.  x, out flat views with
-    the same layout.
+    The words are those of the CPU kernels (kernels/cpu/dropout.py): a row is cut in four
+    quarters of Q elements, and one generator call at position q serves column q of each
+    quarter.  A thread takes one (row, q); threads of a warp run along the contiguous axis
+    (``rows_fast`` for F order: 32 rows at one q; else 32 consecutive q of a row), so each of
+    the four loads is coalesced, block and grid y along the other.  Both axes are
+    grid-strided, so no index is ever divided.  x, out flat views with the same layout.
     """
     k0, k1 = uint64(key0), uint64(key1)
     s = x.dtype.type(scale)
     zero = x.dtype.type(0)
-    n_group = (n_col + 3) // 4
-    n_fast = n_row if rows_fast else n_group
-    n_slow = n_group if rows_fast else n_row
+    quarter = (n_col + 3) // 4
+    n_fast = n_row if rows_fast else quarter
+    n_slow = quarter if rows_fast else n_row
+    step = quarter * col_stride
     fast0, fast_step = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, cuda.gridDim.x * cuda.blockDim.x
     slow0, slow_step = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, cuda.gridDim.y * cuda.blockDim.y
     for slow in range(slow0, n_slow, slow_step):
@@ -118,17 +119,17 @@ def dropout(key0, key1, threshold, scale, x, out, n_row, n_col, row_stride, col_
             r = fast if rows_fast else slow
             q = slow if rows_fast else fast
             w0, w1, w2, w3 = _philox(uint64(q), uint64(r) & LOW32, uint64(r) >> SHIFT32, ZERO, k0, k1)
-            left = n_col - 4 * q  # >= 1; the words spelled out: a tuple index would go to local memory
-            i = r * row_stride + 4 * q * col_stride
+            # The words spelled out: a tuple index would go to local memory.  q < Q <= n_col.
+            i = r * row_stride + q * col_stride
             out[i] = x[i] * s if int64(w0) >= threshold else zero
-            if left > 1:
-                i += col_stride
+            if q + quarter < n_col:
+                i += step
                 out[i] = x[i] * s if int64(w1) >= threshold else zero
-            if left > 2:
-                i += col_stride
+            if q + 2 * quarter < n_col:
+                i += step
                 out[i] = x[i] * s if int64(w2) >= threshold else zero
-            if left > 3:
-                i += col_stride
+            if q + 3 * quarter < n_col:
+                i += step
                 out[i] = x[i] * s if int64(w3) >= threshold else zero
 
 

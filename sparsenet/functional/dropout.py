@@ -62,4 +62,3 @@ def dropout_backward(grad_out, p=0.5, *, seed):
     """
     p, seed = _check(p, seed)
     return kernels.dropout(as_float_array(grad_out, "grad_out"), p, seed)
-

@@ -38,7 +38,7 @@ class Dropout(Module):
 
     def __init__(self, p=0.5, *, rng=None):
         super().__init__()
-        if not isinstance(p, numbers.Real) or not 0 <= p <= 1:
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {p!r}")
         self.p = float(p)
         self.rng = check_random_state(rng)
@@ -49,23 +49,23 @@ class Dropout(Module):
         x = as_float_array(x, "x")
         shape = tuple(x.shape)
         if not self.training or self.p == 0:
-            self._save((shape, None))  # identity gradient
+            self._save((shape, None, None))  # identity gradient
             return kernels.copy(x)
         # One draw from the layer's generator per call: the seed of a counter-based mask that
         # the kernel computes on either device (the same mask on CPU and GPU, no upload) and
         # recomputes at backward (nothing stored).
         seed = int(self.rng.integers(2**64, dtype=np.uint64))
-        self._save((shape, seed))
+        self._save((shape, self.p, seed))  # p too: backward must use forward's, even if p changes
         return F.dropout(x, self.p, seed=seed)
 
     def backward(self, grad_out):
-        shape, seed = self._saved()
+        shape, p, seed = self._saved()
         grad_out = as_float_array(grad_out, "grad_out")
         if seed is None:  # the identity: any grad_out passes through, as a copy
             return kernels.copy(grad_out)
         if tuple(grad_out.shape) != shape:
             raise ValueError(f"grad_out must have the output's shape {shape}; got {tuple(grad_out.shape)}")
-        return F.dropout_backward(grad_out, self.p, seed=seed)
+        return F.dropout_backward(grad_out, p, seed=seed)
 
     def get_config(self):
         return {"p": self.p}

@@ -237,9 +237,14 @@ def test_dropout_grid_covers_large_slow_and_fast_axes(monkeypatch):
 
     monkeypatch.setattr(ops, "MAX_BLOCKS", 1)
     monkeypatch.setattr(ops, "MAX_GRID_Y", 2)
-    x = np.random.default_rng(0).standard_normal((45, 300)).astype(np.float32)
-    for a in (x, np.asfortranarray(x)):
-        np.testing.assert_array_equal(_host(K.dropout(_dev(a), 0.5, 77)), K.dropout(x, 0.5, 77))
+    rng = np.random.default_rng(0)
+    # slow axis longer than the grid; then the fast axis (groups in C order, rows in F order)
+    # longer than a block, in either order
+    for shape, orders in (((45, 300), "CF"), ((3, 2100), "C"), ((700, 5), "F")):
+        x = rng.standard_normal(shape).astype(np.float32)
+        for order in orders:
+            a = np.asfortranarray(x) if order == "F" else x
+            np.testing.assert_array_equal(_host(K.dropout(_dev(a), 0.5, 77)), K.dropout(x, 0.5, 77))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

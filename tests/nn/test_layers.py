@@ -145,8 +145,17 @@ def test_dropout_statistics_and_modes():
     d.eval()
     np.testing.assert_array_equal(d(np.ones(5)), 1.0)
     assert nn.Dropout(1.0)(np.ones(3)).sum() == 0
-    with pytest.raises(ValueError, match="between 0 and 1"):
-        nn.Dropout(1.5)
+    for bad in (1.5, True):
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            nn.Dropout(bad)
+
+
+def test_dropout_backward_uses_the_forward_mask_even_if_p_changes():
+    d = nn.Dropout(0.5, rng=0)
+    y = d(np.ones((4, 8)))
+    d.p = 0.9  # e.g. a callback annealing p between forward and backward
+    g = d.backward(np.ones((4, 8)))
+    np.testing.assert_array_equal(g, y)
 
 
 def test_train_eval_propagate_and_sequential_api():
