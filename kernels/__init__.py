@@ -158,10 +158,14 @@ def spmm_t(indptr, indices, data, n_col, g):
     return out_t.T
 
 
-def sddmm(indptr, indices, g, x):
-    """grad_W[k] = sum_b G[b, row_k] X[b, col_k] on W's pattern; G (B, n_row), X (B, n_col)."""
+def sddmm(indptr, indices, g, x, *, bias_grad=False):
+    """grad_W[k] = sum_b G[b, row_k] X[b, col_k] on W's pattern; G (B, n_row), X (B, n_col).
+
+    With ``bias_grad`` returns ``(grad_W, G.sum(axis=0))``: a sparse layer's weight and bias
+    gradients, from one launch on the GPU.
+    """
     if _on_cuda(indptr=indptr, indices=indices, g=g, x=x):
-        return _gpu().sddmm(indptr, indices, g, x)
+        return _gpu().sddmm(indptr, indices, g, x, bias_grad)
     n_row = indptr.shape[0] - 1
     out = np.empty(indices.shape[0], dtype=g.dtype)
     # One tile as wide as the batch (rounded up to whole SIMD vectors): each entry is then one
@@ -170,7 +174,7 @@ def sddmm(indptr, indices, g, x):
     gp = _pack(g, g.dtype, lanes)
     xp = _pack(x, g.dtype, lanes)
     _csr.sddmm_tiled(indptr, _unsigned(indices), gp, xp, _blocks(n_row, 4 * numba.get_num_threads()), out)
-    return out
+    return (out, g.sum(axis=0)) if bias_grad else out
 
 
 def csr_transpose(n_col, indptr, indices):

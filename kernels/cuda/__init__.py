@@ -358,10 +358,11 @@ def spmm_t(indptr, indices, data, n_col, g, *, pattern_t=None):
     return _transposed_view(out_t)
 
 
-def sddmm(indptr, indices, g, x):
+def sddmm(indptr, indices, g, x, bias_grad=False):
     """grad_W[k] = sum_b G[b, row_k] X[b, col_k] on W's pattern; G (B, n_row), X (B, n_col).
 
-    Returns a (nnz,) device array of G's dtype.
+    Returns a (nnz,) device array of G's dtype; with ``bias_grad`` also G's sum over the batch
+    (n_row,), computed in the same launch: ``(grad_w, grad_b)``.
     """
     csr = _csr()
     indptr, indices = _pattern(indptr, indices)
@@ -376,12 +377,13 @@ def sddmm(indptr, indices, g, x):
     if g_t.shape[1] >= 2**31:  # the kernel counts the batch in 32 bits
         raise ValueError(f"sddmm on the GPU takes a batch below 2**31; got {g_t.shape[1]}")
     out = empty((indices.shape[0],), g_t.dtype)
-    if indices.shape[0] == 0:
-        return out
+    if indices.shape[0] == 0 or n_row == 0:
+        return (out, batch_sum(_transposed_view(g_t))) if bias_grad else out
+    bias = empty((n_row,), g_t.dtype) if bias_grad else out
     block = (csr.WARP, csr.SDDMM_WARPS)  # one block per row: 4 entries per warp, lanes along the batch
     grid = (n_row,)
-    csr.csr_sddmm[grid, block](indptr, indices, g_t, x_t, out)
-    return out
+    csr.csr_sddmm[grid, block](indptr, indices, g_t, x_t, out, bias, bool(bias_grad))
+    return (out, bias) if bias_grad else out
 
 
 # ----------------------------------------------------------------------------- optimizers

@@ -29,6 +29,8 @@ The wrappers compute these beside each launch from the constants below.
 """
 from numba import cuda, uint32, uint64
 
+from .block import block_sum
+
 WARP = 32
 
 # SpMM: one warp per CSR row, lanes along the batch, each lane owning SPMM_COLS batch columns
@@ -41,6 +43,7 @@ SPMM_WARPS = 8
 SDDMM_WARPS = 8
 SDDMM_ENTRIES = 4 * SDDMM_WARPS
 SDDMM_PAD = WARP + 1  # shared-memory shapes must be compile-time constants, not expressions
+SDDMM_THREADS = 256  # WARP * SDDMM_WARPS, spelled out for the same reason
 
 TILE = 32
 TILE_ROWS = 8
@@ -174,12 +177,19 @@ def csr_spmm(indptr, indices, perm, gather, data, x_t, bias, has_bias, out_t):
 
 
 @cuda.jit
-def csr_sddmm(indptr, indices, g_t, x_t, out):
-    """out[k] = sum_b g_t[i, b] * x_t[indices[k], b] for every stored entry k of row i.
+def csr_sddmm(indptr, indices, g_t, x_t, out, bias_out, with_bias):
+    """out[k] = sum_b g_t[i, b] * x_t[indices[k], b] for every stored entry k of row i, and
+    with ``with_bias`` bias_out[i] = sum_b g_t[i, b] too (the bias gradient; else bias_out is
+    not touched).
 
     The weight gradient of Y = X W^T on W's pattern (sampled dense-dense product).
     g_t (n_row, B), x_t (n_col, B) C-contiguous; out (nnz,) is preallocated and overwritten
     (B == 0 gives zeros).  O(B * nnz); never forms the dense n_row x n_col gradient.
+
+    The bias sum rides along because the block already owns row i of g_t: each thread adds
+    g_t[i, b] for b = tid, tid + SDDMM_THREADS, ... and ``block_sum`` adds the threads' sums,
+    the partition and tree of ``ops.batch_sum`` with as many threads (bitwise its result), for
+    one launch a layer fewer.
 
     One block per row, SDDMM_ENTRIES of its entries at a time: warp ``w`` owns entries
     ``w, w + 8, w + 16, w + 24`` of the chunk and its lanes stride over the batch, so each
@@ -190,7 +200,7 @@ def csr_sddmm(indptr, indices, g_t, x_t, out):
     written for the instruction count: it indexes row views taken once per chunk with a 32-bit
     unsigned counter (no negative-index fix-up, and the compiler turns the five addresses into
     pointers it steps), and its loads are unguarded (an entry past the chunk reads the chunk's
-    first row and is never stored): 13 instructions an iteration in the SASS, against 74.
+    first row and is never stored): 14 instructions an iteration in the SASS, against 74.
     """
     partial = cuda.shared.array((SDDMM_ENTRIES, SDDMM_PAD), dtype=out.dtype)
     lane = cuda.threadIdx.x
@@ -202,6 +212,18 @@ def csr_sddmm(indptr, indices, g_t, x_t, out):
     batch = uint32(g_t.shape[1])  # B < 2**31 (checked by the wrapper)
     step = uint32(WARP)
     zero = out.dtype.type(0)
+    if with_bias:  # uniform over the block: every thread reaches block_sum's barriers
+        red = cuda.shared.array(SDDMM_THREADS, dtype=out.dtype)
+        tid = warp * WARP + lane
+        bias_acc = zero
+        b = uint32(tid)
+        while b < batch:
+            bias_acc += g[b]
+            b += uint32(SDDMM_THREADS)
+        red[tid] = bias_acc
+        bias_total = block_sum(red, tid)
+        if tid == 0:
+            bias_out[row] = bias_total
     for e0 in range(start, end, SDDMM_ENTRIES):
         ne = min(SDDMM_ENTRIES, end - e0)
         e_0 = warp

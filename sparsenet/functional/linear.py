@@ -120,11 +120,11 @@ def sparse_linear_backward(grad_out, x, weight, *, need_input=True):
     out_features, in_features = weight.shape
     g2, x2 = _check_backward_args(grad_out, x, out_features, in_features, weight.dtype)
     if not need_input:
-        return None, kernels.sddmm(weight.indptr, weight.indices, g2, x2), kernels.batch_sum(g2)
+        return (None,) + kernels.sddmm(weight.indptr, weight.indices, g2, x2, bias_grad=True)
     g2 = kernels.product_operand(g2)  # feeds two products: lay it out once
     grad_x = kernels.spmm_t(weight.indptr, weight.indices, weight.data, in_features, g2)
-    grad_weight = kernels.sddmm(weight.indptr, weight.indices, g2, x2)
-    return _reshape(grad_x, _shape(x)), grad_weight, kernels.batch_sum(g2)
+    grad_weight, grad_bias = kernels.sddmm(weight.indptr, weight.indices, g2, x2, bias_grad=True)
+    return _reshape(grad_x, _shape(x)), grad_weight, grad_bias
 
 
 def _check_dense_weight(weight):

@@ -129,7 +129,7 @@ def pytest_collection_modifyitems(config, items):
 # Block constants of the kernels/cuda modules, shrunk for the simulator.
 _SMALL = {
     "csr": {"WARP": 4, "SPMM_WARPS": 2, "SPMM_BATCH_TILE": 16, "SDDMM_WARPS": 2, "SDDMM_ENTRIES": 8,
-            "SDDMM_PAD": 5, "TILE": 4, "TILE_ROWS": 2, "TILE_PAD": 5, "FILL_THREADS": 8},
+            "SDDMM_PAD": 5, "SDDMM_THREADS": 8, "TILE": 4, "TILE_ROWS": 2, "TILE_PAD": 5, "FILL_THREADS": 8},
     "update": {"UPDATE_THREADS": 8, "UPDATE_MAX_BLOCKS": 3},
     "conv": {"CONV_TX": 4, "CONV_TY": 2, "GEMM_THREADS": 4, "GEMM_REG": 2, "GEMM_TILE": 8,
              "GEMM_TILE_K": 3, "GEMM_PAD": 9, "SPLIT_BLOCKS": 6,

@@ -97,6 +97,11 @@ def test_spmm_spmm_t_sddmm_match_reference_and_cpu(rng, dtype, case):
     assert gw.shape == (len(indices),) and gw.dtype == dtype
     np.testing.assert_allclose(_host(gw), ref.sddmm(indptr, indices, shape, g, x), **_tol(dtype))
     np.testing.assert_allclose(_host(gw), kernels.sddmm(indptr, indices, g, x), **_tol(dtype))
+    # the bias gradient in the same launch: the same weight gradient, and bitwise batch_sum's sum
+    gw2, gb = kc.sddmm(d_indptr, d_indices, _dev(g), _dev(x), bias_grad=True)
+    np.testing.assert_array_equal(_host(gw2), _host(gw))
+    np.testing.assert_array_equal(_host(gb), _host(kc.batch_sum(_dev(g))))
+    np.testing.assert_allclose(_host(gb), g.sum(axis=0), **_tol(dtype))
 
 
 def test_int64_indices(rng):
@@ -118,6 +123,19 @@ def test_sddmm_batch_zero_gives_zeros(rng):
     out = kc.sddmm(_dev(indptr), _dev(indices), _dev(np.zeros((0, 3), np.float32)),
                    _dev(np.zeros((0, 4), np.float32)))
     np.testing.assert_array_equal(_host(out), np.zeros(len(indices), np.float32))
+    out, gb = kc.sddmm(_dev(indptr), _dev(indices), _dev(np.zeros((0, 3), np.float32)),
+                       _dev(np.zeros((0, 4), np.float32)), bias_grad=True)
+    np.testing.assert_array_equal(_host(gb), np.zeros(3, np.float32))
+
+
+def test_sddmm_bias_grad_of_an_empty_pattern(rng):
+    """No stored entry: no SDDMM launch, the bias gradient still comes (from batch_sum)."""
+    kc = _kc()
+    indptr, indices = np.zeros(4, np.int32), np.zeros(0, np.int32)
+    g = rng.standard_normal((5, 3)).astype(np.float32)
+    gw, gb = kc.sddmm(_dev(indptr), _dev(indices), _dev(g), _dev(np.ones((5, 2), np.float32)), bias_grad=True)
+    assert gw.shape == (0,)
+    np.testing.assert_allclose(_host(gb), g.sum(axis=0), rtol=1e-5)
 
 
 @pytest.mark.parametrize("layout", ["C", "F", "strided"])
