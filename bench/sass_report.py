@@ -51,7 +51,7 @@ def _kernels(fdt, idt):
     ivec = getattr(types, idt)[::1]
     vec, mat, anym, t4, b = f[::1], f[:, ::1], f[:, :], f[:, :, :, ::1], types.boolean
     return [
-        ("csr_spmm", csr.csr_spmm, (ivec, ivec, ivec, b, vec, mat, vec, b, mat)),
+        ("csr_spmm", csr.csr_spmm, (ivec, ivec, ivec, b, vec, mat, vec, b, b, mat)),
         ("csr_sddmm", csr.csr_sddmm, (ivec, ivec, mat, mat, vec, vec, b)),
         ("matmul", ops.matmul, (anym, anym, vec, b, mat)),
         ("conv2d_fwd", conv.conv2d_fwd, (t4, mat, i, i, vec) + (i,) * 6 + (t4,)),

@@ -121,15 +121,17 @@ def _pack(a, dtype, lanes):
     return out
 
 
-def spmm(indptr, indices, data, x, bias=None):
+def spmm(indptr, indices, data, x, bias=None, relu=False):
     """Y = X W^T (+ bias) for dense X (B, n_col) and CSR W (n_row, n_col); returns Y (B, n_row).
 
     Y is returned F-ordered (a transposed view of the feature-major result): the next layer
     then packs it without a transpose.  ``bias`` (n_row,), optional: on the GPU the product
     kernel adds it as it stores Y (one launch and one pass fewer than a separate bias add).
+    ``relu``: return max(Y, 0) instead, with :func:`activation`'s semantics on each device
+    (in place on the host, in the product kernel's store on the GPU).
     """
     if _on_cuda(indptr=indptr, indices=indices, data=data, x=x, bias=bias):
-        return _gpu().spmm(indptr, indices, data, x, bias)
+        return _gpu().spmm(indptr, indices, data, x, bias, relu)
     n_row = indptr.shape[0] - 1
     xp = _pack(x, data.dtype, _lanes(data.dtype, x.shape[0]))
     out_t = np.empty((n_row, x.shape[0]), dtype=data.dtype)
@@ -139,6 +141,8 @@ def spmm(indptr, indices, data, x, bias=None):
     y = out_t.T
     if bias is not None:
         y += bias
+    if relu:
+        np.maximum(y, 0, out=y)
     return y
 
 

@@ -230,7 +230,7 @@ def _epilogue_bias(bias, n, dtype):
     return bias
 
 
-def _launch_spmm(indptr, indices, perm, gather, data, x_t, out_t, bias=None):
+def _launch_spmm(indptr, indices, perm, gather, data, x_t, out_t, bias=None, relu=False):
     csr = _csr()
     n_row, batch = out_t.shape
     if n_row == 0 or batch == 0:
@@ -239,14 +239,15 @@ def _launch_spmm(indptr, indices, perm, gather, data, x_t, out_t, bias=None):
     grid = (math.ceil(n_row / csr.SPMM_WARPS), math.ceil(batch / csr.SPMM_BATCH_TILE))
     has_bias = bias is not None
     csr.csr_spmm[grid, block](indptr, indices, perm, gather, data, x_t, bias if has_bias else data, has_bias,
-                              out_t)
+                              bool(relu), out_t)
 
 
-def spmm(indptr, indices, data, x, bias=None):
+def spmm(indptr, indices, data, x, bias=None, relu=False):
     """Y = X W^T (+ bias) for device X (B, n_col) and device CSR W (n_row, n_col); returns Y (B, n_row).
 
     Y is an F-ordered view of a (n_row, B) C-contiguous device array, so passing it on to the
-    next sparse layer costs no transpose.  The bias (n_row,) is added by the product kernel.
+    next sparse layer costs no transpose.  The bias (n_row,) is added by the product kernel,
+    and with ``relu`` the kernel stores max(Y, 0).
     """
     indptr, indices = _pattern(indptr, indices)
     data = as_device_array(data, "data")
@@ -255,7 +256,7 @@ def spmm(indptr, indices, data, x, bias=None):
     n_row = indptr.shape[0] - 1
     bias = _epilogue_bias(bias, n_row, data.dtype)
     out_t = empty((n_row, x_t.shape[1]), data.dtype)
-    _launch_spmm(indptr, indices, indices, False, data, x_t, out_t, bias)  # perm unused: gather=False
+    _launch_spmm(indptr, indices, indices, False, data, x_t, out_t, bias, relu)  # perm unused: gather=False
     return _transposed_view(out_t)
 
 

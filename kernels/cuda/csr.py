@@ -54,7 +54,7 @@ FILL_MAX_BLOCKS = 4096
 
 
 @cuda.jit
-def csr_spmm(indptr, indices, perm, gather, data, x_t, bias, has_bias, out_t):
+def csr_spmm(indptr, indices, perm, gather, data, x_t, bias, has_bias, relu, out_t):
     """out_t[i, :] = sum_k data[src(k)] * x_t[indices[k], :] (+ bias[i]) over row i's stored entries.
 
     ``src(k) = perm[k]`` when ``gather`` else ``k``: with the transposed pattern of W and its
@@ -63,7 +63,9 @@ def csr_spmm(indptr, indices, perm, gather, data, x_t, bias, has_bias, out_t):
     ``perm`` is not read when ``gather`` is False (pass ``indices``).  With ``has_bias`` the
     layer's bias (n_row,) is added as each output is stored (the epilogue spares the bias-add
     kernel a launch and a pass over the output; the sum is the same, acc + bias); without it
-    ``bias`` is not read (pass ``data``).
+    ``bias`` is not read (pass ``data``).  With ``relu`` each output is then stored as
+    ``v if v > 0 else 0``, the ReLU kernel's expression: a sparse layer followed by a ReLU in a
+    ``Sequential`` costs one launch and one output array.
 
     indptr (n_row+1,) int32|int64, indices (nnz,), data (nnz,), x_t (n_col, B) C-contiguous;
     out_t (n_row, B) is preallocated and overwritten (empty rows give zeros).  O(B * nnz).
@@ -163,6 +165,11 @@ def csr_spmm(indptr, indices, perm, gather, data, x_t, bias, has_bias, out_t):
             acc1 += shift
             acc2 += shift
             acc3 += shift
+        if relu:
+            acc0 = acc0 if acc0 > zero else zero
+            acc1 = acc1 if acc1 > zero else zero
+            acc2 = acc2 if acc2 > zero else zero
+            acc3 = acc3 if acc3 > zero else zero
         b1 = b0 + WARP
         b2 = b1 + WARP
         b3 = b2 + WARP

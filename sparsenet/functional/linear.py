@@ -57,7 +57,7 @@ def _check_backward_args(grad_out, x, out_features, in_features, dtype):
     return g2, x2
 
 
-def sparse_linear(x, weight, bias=None):
+def sparse_linear(x, weight, bias=None, *, relu=False):
     """y = x @ weight.T + bias with a CSR weight.
 
     Parameters
@@ -65,6 +65,9 @@ def sparse_linear(x, weight, bias=None):
     x : ndarray, shape (*, in_features), float32 or float64
     weight : CSRMatrix, shape (out_features, in_features), same dtype as ``x``
     bias : ndarray, shape (out_features,), optional
+    relu : bool, default False
+        Return ``max(y, 0)`` (as ``nn.ReLU`` computes it on the same device), applied as ``y``
+        is stored: no second pass and no second array.
 
     Returns
     -------
@@ -91,7 +94,7 @@ def sparse_linear(x, weight, bias=None):
     out_features, in_features = weight.shape
     x2 = _as_batch(x, "x", in_features, weight.dtype, "in_features")
     bias = _check_bias(bias, out_features, weight.dtype)
-    y = kernels.spmm(weight.indptr, weight.indices, weight.data, x2, bias)
+    y = kernels.spmm(weight.indptr, weight.indices, weight.data, x2, bias, relu=relu)
     return _reshape(y, _shape(x)[:-1] + (out_features,))
 
 

@@ -20,6 +20,10 @@ def _check_grad(grad_out, shape):
 class ReLU(Module):
     """``max(x, 0)`` element-wise; gradient 0 at 0.
 
+    In a :class:`~sparsenet.nn.Sequential`, a ReLU right after a ``SparseLinear`` is computed by
+    that layer's product kernel as it stores its output (no pass and no array of its own); its
+    backward is the same.
+
     Examples
     --------
     >>> import numpy as np
@@ -28,6 +32,11 @@ class ReLU(Module):
     """
 
     _supports_cuda = True
+    _fusable_activation = "relu"  # what Sequential may fold into the layer before (exact class only)
+
+    def _save_fused(self, y):
+        """Keep what forward would have kept, when the layer before computed this ReLU."""
+        self._save(y)
 
     def forward(self, x):
         y = kernels.activation("relu", as_float_array(x, "x"))

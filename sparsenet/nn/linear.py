@@ -142,8 +142,12 @@ class SparseLinear(_WeightedLayer):
         return self.weight.csr
 
     def forward(self, x):
+        return self._forward_fused(x, relu=False)
+
+    def _forward_fused(self, x, relu):
+        """forward, with ``relu`` also the following ReLU's (``Sequential`` fuses the pair)."""
         x = kernels.product_operand(x)  # read by spmm now and by sddmm at backward: lay it out once
-        y = F.sparse_linear(x, self.weight.csr, None if self.bias is None else self.bias.data)
+        y = F.sparse_linear(x, self.weight.csr, None if self.bias is None else self.bias.data, relu=relu)
         self._save((x, self.weight.csr))
         return y
 

@@ -621,6 +621,17 @@ class _WeightedLayer(Module):
         raise NotImplementedError(f"{type(self).__name__} does not implement _backward")
 
 
+def _fusable(layer, nxt):
+    """Whether ``nxt`` is a plain ReLU that ``layer`` can apply as it stores its output.
+
+    Exact classes only (each defines the hook itself, a subclass may change what forward
+    does), and neither forward replaced on the instance (a recorder or a user's wrapper must
+    see its call).
+    """
+    return ("_forward_fused" in type(layer).__dict__ and type(nxt).__dict__.get("_fusable_activation") == "relu"
+            and "forward" not in layer.__dict__ and "forward" not in nxt.__dict__)
+
+
 class Sequential(Module):
     """A chain of modules: ``forward`` runs them in order, ``backward`` in reverse.
 
@@ -673,8 +684,16 @@ class Sequential(Module):
         return layers[index]
 
     def forward(self, x):
-        for layer in self._modules.values():
-            x = layer(x)
+        layers = list(self._modules.values())
+        i = 0
+        while i < len(layers):
+            if i + 1 < len(layers) and _fusable(layers[i], layers[i + 1]):
+                x = layers[i]._forward_fused(x, relu=True)  # the pair in one kernel
+                layers[i + 1]._save_fused(x)
+                i += 2
+            else:
+                x = layers[i](x)
+                i += 1
         return x
 
     def backward(self, grad_out):

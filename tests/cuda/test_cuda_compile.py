@@ -64,7 +64,7 @@ def test_csr_kernels_compile(compile_ptx, fdt, idt):
     vec, mat = f[::1], f[:, ::1]
     ivec = i[::1]
     sigs = {
-        "csr_spmm": (csr.csr_spmm, (ivec, ivec, ivec, types.boolean, vec, mat, vec, types.boolean, mat)),
+        "csr_spmm": (csr.csr_spmm, (ivec, ivec, ivec, types.boolean, vec, mat, vec, types.boolean, types.boolean, mat)),
         "csr_sddmm": (csr.csr_sddmm, (ivec, ivec, mat, mat, vec, vec, types.boolean)),
         "transpose_2d": (csr.transpose_2d, (f[:, :], mat)),
         "fill": (csr.fill, (vec, types.float64)),

@@ -46,6 +46,8 @@ def _layer_cases():
         ("max_pool", lambda: nn.MaxPool2d(2, stride=1), (1, 2, 4, 3)),
         ("avg_pool", lambda: nn.AvgPool2d(3, stride=2, padding=1), (2, 1, 5, 5)),
         ("relu", lambda: nn.ReLU(), (4, 3)),
+        ("sparse_linear_relu", lambda: nn.Sequential(nn.SparseLinear(5, 6, density=0.6, rng=0, dtype=F64), nn.ReLU(),
+                                                     nn.SparseLinear(6, 3, density=0.6, rng=1, dtype=F64)), (4, 5)),
         ("leaky_relu", lambda: nn.LeakyReLU(0.2), (4, 3)),
         ("tanh", lambda: nn.Tanh(), (2, 3, 2)),
         ("sigmoid", lambda: nn.Sigmoid(), (4, 3)),
@@ -87,6 +89,33 @@ def test_layer_on_device_matches_host(rng, name, make, shape):
     host_state, dev_state = host.state_dict(), dev.state_dict()  # BatchNorm's running statistics too
     for key, value in host_state.items():
         np.testing.assert_allclose(dev_state[key], value, rtol=1e-12, atol=1e-12, err_msg=key)
+
+
+def test_fused_sparse_linear_relu_on_device_is_the_unfused_pair(rng, monkeypatch):
+    """On the device the ReLU after a SparseLinear is applied in the SpMM store: no activation
+    launch, and bit for bit the unfused pair's outputs and gradients."""
+    from sparsenet.kernels import cuda as kc
+
+    def model():
+        return nn.Sequential(nn.SparseLinear(5, 7, density=0.6, rng=0, dtype=F64), nn.ReLU(),
+                             nn.SparseLinear(7, 3, density=0.6, rng=1, dtype=F64)).to("cuda")
+
+    fused, plain = model(), model()
+    for layer in plain:
+        object.__setattr__(layer, "forward", layer.forward)  # replaced forwards: no fusion
+    x, g = _dev(rng.standard_normal((9, 5))), _dev(rng.standard_normal((9, 3)))
+    assert (_host(plain[1](plain[0](x))) == 0).any()  # the hidden ReLU has work to do
+    y_plain = _host(plain(x))
+    plain.backward(g)
+    launches = []
+    activation = kc.activation
+    monkeypatch.setattr(kc, "activation", lambda *a: launches.append(a[0]) or activation(*a))
+    y = _host(fused(x))
+    assert launches == []
+    np.testing.assert_array_equal(y, y_plain)
+    fused.backward(g)
+    for p, q in zip(plain.parameters(), fused.parameters()):
+        np.testing.assert_array_equal(_host(q.grad), _host(p.grad))
 
 
 def test_gradients_accumulate_on_device(rng):

@@ -321,3 +321,67 @@ def test_backward_params_respects_a_subclass_backward(rng):
     scaled(x)
     scaled.backward_params(g)
     np.testing.assert_allclose(scaled.weight.grad, plain.weight.grad)
+
+
+def _unfused(model):
+    """The same model with every forward replaced on the instance: Sequential then fuses nothing."""
+    for layer in model.modules():
+        if not isinstance(layer, nn.Sequential):
+            object.__setattr__(layer, "forward", layer.forward)
+    return model
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sequential_fuses_sparse_linear_and_relu(rng, monkeypatch, dtype):
+    """SparseLinear then ReLU in a Sequential: one product with the ReLU in its store, no
+    activation pass, and bit for bit the unfused outputs and gradients (backward unchanged)."""
+    from sparsenet import kernels
+
+    def model():
+        return nn.Sequential(nn.SparseLinear(7, 9, density=0.5, rng=0, dtype=dtype), nn.ReLU(),
+                             nn.SparseLinear(9, 4, density=0.5, rng=1, dtype=dtype), nn.ReLU(),
+                             nn.SparseLinear(4, 3, density=0.8, rng=2, dtype=dtype))
+
+    x = rng.standard_normal((6, 7)).astype(dtype)
+    g = rng.standard_normal((6, 3)).astype(dtype)
+    plain, fused = _unfused(model()), model()
+    y_plain = plain(x)
+    activations = []
+    activation = kernels.activation
+    monkeypatch.setattr(kernels, "activation", lambda *a, **k: activations.append(a[0]) or activation(*a, **k))
+    y = fused(x)
+    assert activations == []  # both ReLUs came from the products
+    np.testing.assert_array_equal(y, y_plain)
+    np.testing.assert_array_equal(fused.backward(g), plain.backward(g))
+    for p, q in zip(plain.parameters(), fused.parameters()):
+        np.testing.assert_array_equal(q.grad, p.grad)
+    assert fused[1]._ctx is None  # the fused ReLU's context was consumed by its backward
+
+
+def test_fusion_leaves_subclasses_and_wrapped_layers_alone(rng, monkeypatch):
+    from sparsenet import kernels
+
+    class MyReLU(nn.ReLU):
+        pass
+
+    class MyLinear(nn.SparseLinear):
+        pass
+
+    activations = []
+    activation = kernels.activation
+    monkeypatch.setattr(kernels, "activation", lambda *a, **k: activations.append(a[0]) or activation(*a, **k))
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    wrapped = nn.ReLU()
+    seen = []
+    object.__setattr__(wrapped, "forward", lambda v, _f=wrapped.forward: seen.append(1) or _f(v))
+    for pair in ((nn.SparseLinear(4, 3, rng=0), MyReLU()), (MyLinear(4, 3, rng=0), nn.ReLU()),
+                 (nn.SparseLinear(4, 3, rng=0), wrapped)):
+        nn.Sequential(*pair)(x)
+    assert activations == ["relu"] * 3 and seen == [1]
+
+
+def test_sparse_linear_relu_matches_relu_of_sparse_linear(rng):
+    w = CSRMatrix.random((5, 6), 0.5, rng=0, dtype=np.float32)
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    np.testing.assert_array_equal(F.sparse_linear(x, w, b, relu=True), np.maximum(F.sparse_linear(x, w, b), 0))
