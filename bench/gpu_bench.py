@@ -15,7 +15,9 @@ Suites (``--suite overhead,csr,conv,sparsity,dropout,train``, default all):
   ``spmm`` (forward) vs torch CSR ``W @ X^T`` (cuSPARSE); ``spmm_t`` (grad input G W) vs torch
   CSR ``W^T @ G^T`` (W^T stored as CSR once outside the timing, as sparsenet caches its
   transposed pattern); ``sddmm`` (grad weight on the pattern) vs ``torch.sparse.sampled_addmm``;
-  cuBLAS ``X @ W_dense^T`` for scale.
+  cuBLAS ``X @ W_dense^T`` for scale; and the weight and bias gradients from one launch
+  (``csr_sddmm_bias``) against SDDMM then ``batch_sum``, which decides
+  ``kernels/cuda.SDDMM_BIAS_FUSED_MAX``.
 * ``conv``: dense conv2d forward, grad input and grad weight vs ``torch.nn.functional.conv2d``
   and its autograd backward (cuDNN), and the weight-sparse conv at 90% sparsity, NCHW float32.
 * ``sparsity``: per-step sparsity work on a dense float32 weight: the top-k hard threshold
@@ -220,10 +222,20 @@ def bench_shape(shape, args, rng):
     d_g = cuda.to_device(np.asfortranarray(g))
     kc.transpose_pattern(n_in, wd.indptr, wd.indices)  # once per pattern, outside the timing
 
+    def sddmm_bias(fused):  # the bias gradient in the SDDMM launch, or by a batch_sum launch after it
+        limit = kc.SDDMM_BIAS_FUSED_MAX
+        kc.SDDMM_BIAS_FUSED_MAX = (1 << 62) if fused else 0
+        try:
+            return kc.sddmm(wd.indptr, wd.indices, d_g, d_x, bias_grad=True)
+        finally:
+            kc.SDDMM_BIAS_FUSED_MAX = limit
+
     ops = {
         "spmm": lambda: kc.spmm(wd.indptr, wd.indices, wd.data, d_x),
         "spmm_t": lambda: kc.spmm_t(wd.indptr, wd.indices, wd.data, n_in, d_g),
         "sddmm": lambda: kc.sddmm(wd.indptr, wd.indices, d_g, d_x),
+        "sddmm_bias": lambda: sddmm_bias(True),
+        "sddmm_then_sum": lambda: sddmm_bias(False),
     }
     _time_ops(ops, row, cuda, args)
 
@@ -280,12 +292,14 @@ def bench_torch(w, x, g, args):
     return out
 
 
-CSR_OPS = (("spmm", "torch_spmm"), ("spmm_t", "torch_spmm_t"), ("sddmm", "torch_sddmm"))
+CSR_OPS = (("spmm", "torch_spmm"), ("spmm_t", "torch_spmm_t"), ("sddmm", "torch_sddmm"),
+           ("sddmm_bias", "sddmm_then_sum"))
 CSR_COLUMNS = [
     ("case", "case"), ("nnz", "nnz"),
     ("spmm", "sparsenet spmm"), ("torch_spmm", "torch CSR (cuSPARSE)"),
     ("spmm_t", "sparsenet spmm_t"), ("torch_spmm_t", "torch CSR W^T"),
     ("sddmm", "sparsenet sddmm"), ("torch_sddmm", "sampled_addmm"),
+    ("sddmm_bias", "sddmm + bias grad, one launch"), ("sddmm_then_sum", "sddmm, then batch_sum"),
     ("cublas_dense", "cuBLAS dense"), ("h2d_x", "H2D X"), ("h2d_w", "H2D W"),
 ]
 

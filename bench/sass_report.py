@@ -52,7 +52,8 @@ def _kernels(fdt, idt):
     vec, mat, anym, t4, b = f[::1], f[:, ::1], f[:, :], f[:, :, :, ::1], types.boolean
     return [
         ("csr_spmm", csr.csr_spmm, (ivec, ivec, ivec, b, vec, mat, vec, b, b, mat)),
-        ("csr_sddmm", csr.csr_sddmm, (ivec, ivec, mat, mat, vec, vec, b)),
+        ("csr_sddmm", csr.csr_sddmm, (ivec, ivec, mat, mat, vec)),
+        ("csr_sddmm_bias", csr.csr_sddmm_bias, (ivec, ivec, mat, mat, vec, vec)),
         ("matmul", ops.matmul, (anym, anym, vec, b, mat)),
         ("conv2d_fwd", conv.conv2d_fwd, (t4, mat, i, i, vec) + (i,) * 6 + (t4,)),
         ("conv2d_grad_input", conv.conv2d_grad_input, (t4, mat) + (i,) * 8 + (t4,)),

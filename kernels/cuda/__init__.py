@@ -359,11 +359,20 @@ def spmm_t(indptr, indices, data, n_col, g, *, pattern_t=None):
     return _transposed_view(out_t)
 
 
+# Up to this many multiply-adds (batch * nnz) a layer's bias gradient is summed by its SDDMM
+# launch (csr_sddmm_bias), which spares the batch_sum launch (~20 µs of host time on the H200)
+# but runs at lower occupancy (48 registers instead of 32).  Above it the kernel's own time
+# dominates and the two launches stay apart.  A guess pending a GPU run: at this size the
+# plain kernel took about 60 µs on the H200 (BENCHMARKS.md); bench/gpu_bench.py times both.
+SDDMM_BIAS_FUSED_MAX = 1 << 24
+
+
 def sddmm(indptr, indices, g, x, bias_grad=False):
     """grad_W[k] = sum_b G[b, row_k] X[b, col_k] on W's pattern; G (B, n_row), X (B, n_col).
 
     Returns a (nnz,) device array of G's dtype; with ``bias_grad`` also G's sum over the batch
-    (n_row,), computed in the same launch: ``(grad_w, grad_b)``.
+    (n_row,), ``(grad_w, grad_b)``: from the same launch for layers up to SDDMM_BIAS_FUSED_MAX
+    multiply-adds, else from ``batch_sum`` (the same bits either way).
     """
     csr = _csr()
     indptr, indices = _pattern(indptr, indices)
@@ -377,13 +386,20 @@ def sddmm(indptr, indices, g, x, bias_grad=False):
         raise ValueError(f"sddmm: g must have one feature per row of W ({n_row}); got {g_t.shape[0]}")
     if g_t.shape[1] >= 2**31:  # the kernel counts the batch in 32 bits
         raise ValueError(f"sddmm on the GPU takes a batch below 2**31; got {g_t.shape[1]}")
+    if csr.SDDMM_THREADS != csr.WARP * csr.SDDMM_WARPS:  # the bias sum's thread ids and barriers
+        raise RuntimeError("kernels/cuda/csr.py: SDDMM_THREADS must equal WARP * SDDMM_WARPS")
     out = empty((indices.shape[0],), g_t.dtype)
-    if indices.shape[0] == 0 or n_row == 0:
-        return (out, batch_sum(_transposed_view(g_t))) if bias_grad else out
-    bias = empty((n_row,), g_t.dtype) if bias_grad else out
-    block = (csr.WARP, csr.SDDMM_WARPS)  # one block per row: 4 entries per warp, lanes along the batch
-    grid = (n_row,)
-    csr.csr_sddmm[grid, block](indptr, indices, g_t, x_t, out, bias, bool(bias_grad))
+    fused = bias_grad and 0 < indices.shape[0] * g_t.shape[1] <= SDDMM_BIAS_FUSED_MAX
+    bias = empty((n_row,), g_t.dtype) if fused else None
+    if indices.shape[0]:
+        block = (csr.WARP, csr.SDDMM_WARPS)  # one block per row: 4 entries per warp, lanes along the batch
+        grid = (n_row,)
+        if fused:
+            csr.csr_sddmm_bias[grid, block](indptr, indices, g_t, x_t, out, bias)
+        else:
+            csr.csr_sddmm[grid, block](indptr, indices, g_t, x_t, out)
+    if bias_grad and not fused:
+        bias = batch_sum(_transposed_view(g_t))
     return (out, bias) if bias_grad else out
 
 

@@ -183,33 +183,9 @@ def csr_spmm(indptr, indices, perm, gather, data, x_t, bias, has_bias, relu, out
             out_t[row, b3] = acc3
 
 
-@cuda.jit
-def csr_sddmm(indptr, indices, g_t, x_t, out, bias_out, with_bias):
-    """out[k] = sum_b g_t[i, b] * x_t[indices[k], b] for every stored entry k of row i, and
-    with ``with_bias`` bias_out[i] = sum_b g_t[i, b] too (the bias gradient; else bias_out is
-    not touched).
-
-    The weight gradient of Y = X W^T on W's pattern (sampled dense-dense product).
-    g_t (n_row, B), x_t (n_col, B) C-contiguous; out (nnz,) is preallocated and overwritten
-    (B == 0 gives zeros).  O(B * nnz); never forms the dense n_row x n_col gradient.
-
-    The bias sum rides along because the block already owns row i of g_t: each thread adds
-    g_t[i, b] for b = tid, tid + SDDMM_THREADS, ... and ``block_sum`` adds the threads' sums,
-    the partition and tree of ``ops.batch_sum`` with as many threads (bitwise its result), for
-    one launch a layer fewer.
-
-    One block per row, SDDMM_ENTRIES of its entries at a time: warp ``w`` owns entries
-    ``w, w + 8, w + 16, w + 24`` of the chunk and its lanes stride over the batch, so each
-    loaded ``g_t[i, b]`` serves four entries from a register and every read of ``x_t[j, :]`` is
-    coalesced.  The per-lane partial sums go to shared memory (one ``syncthreads`` per chunk,
-    not per entry) and one lane per entry adds its 32 partials in a fixed order: race-free,
-    deterministic, no atomics and no warp shuffles.  As in ``csr_spmm`` the batch loop is
-    written for the instruction count: it indexes row views taken once per chunk with a 32-bit
-    unsigned counter (no negative-index fix-up, and the compiler turns the five addresses into
-    pointers it steps), and its loads are unguarded (an entry past the chunk reads the chunk's
-    first row and is never stored): 14 instructions an iteration in the SASS, against 74.
-    """
-    partial = cuda.shared.array((SDDMM_ENTRIES, SDDMM_PAD), dtype=out.dtype)
+@cuda.jit(device=True, inline="always")
+def _sddmm_row(indptr, indices, g_t, x_t, out, partial):
+    """csr_sddmm's body for the block's row (see there); ``partial`` its shared scratch."""
     lane = cuda.threadIdx.x
     warp = cuda.threadIdx.y
     row = cuda.blockIdx.x
@@ -219,18 +195,6 @@ def csr_sddmm(indptr, indices, g_t, x_t, out, bias_out, with_bias):
     batch = uint32(g_t.shape[1])  # B < 2**31 (checked by the wrapper)
     step = uint32(WARP)
     zero = out.dtype.type(0)
-    if with_bias:  # uniform over the block: every thread reaches block_sum's barriers
-        red = cuda.shared.array(SDDMM_THREADS, dtype=out.dtype)
-        tid = warp * WARP + lane
-        bias_acc = zero
-        b = uint32(tid)
-        while b < batch:
-            bias_acc += g[b]
-            b += uint32(SDDMM_THREADS)
-        red[tid] = bias_acc
-        bias_total = block_sum(red, tid)
-        if tid == 0:
-            bias_out[row] = bias_total
     for e0 in range(start, end, SDDMM_ENTRIES):
         ne = min(SDDMM_ENTRIES, end - e0)
         e_0 = warp
@@ -265,6 +229,57 @@ def csr_sddmm(indptr, indices, g_t, x_t, out, bias_out, with_bias):
             for t in range(WARP):
                 acc += partial[e, t]
             out[e0 + e] = acc
+
+
+@cuda.jit
+def csr_sddmm(indptr, indices, g_t, x_t, out):
+    """out[k] = sum_b g_t[i, b] * x_t[indices[k], b] for every stored entry k of row i.
+
+    The weight gradient of Y = X W^T on W's pattern (sampled dense-dense product).
+    g_t (n_row, B), x_t (n_col, B) C-contiguous; out (nnz,) is preallocated and overwritten
+    (B == 0 gives zeros).  O(B * nnz); never forms the dense n_row x n_col gradient.
+
+    One block per row, SDDMM_ENTRIES of its entries at a time: warp ``w`` owns entries
+    ``w, w + 8, w + 16, w + 24`` of the chunk and its lanes stride over the batch, so each
+    loaded ``g_t[i, b]`` serves four entries from a register and every read of ``x_t[j, :]`` is
+    coalesced.  The per-lane partial sums go to shared memory (one ``syncthreads`` per chunk,
+    not per entry) and one lane per entry adds its 32 partials in a fixed order: race-free,
+    deterministic, no atomics and no warp shuffles.  As in ``csr_spmm`` the batch loop is
+    written for the instruction count: it indexes row views taken once per chunk with a 32-bit
+    unsigned counter (no negative-index fix-up, and the compiler turns the five addresses into
+    pointers it steps), and its loads are unguarded (an entry past the chunk reads the chunk's
+    first row and is never stored): 13 instructions an iteration in the SASS, against 74.
+    """
+    partial = cuda.shared.array((SDDMM_ENTRIES, SDDMM_PAD), dtype=out.dtype)
+    _sddmm_row(indptr, indices, g_t, x_t, out, partial)
+
+
+@cuda.jit
+def csr_sddmm_bias(indptr, indices, g_t, x_t, out, bias_out):
+    """:func:`csr_sddmm`, and bias_out[i] = sum_b g_t[i, b]: a sparse layer's weight and bias
+    gradients from one launch.
+
+    The block already owns row i of g_t: each thread adds g_t[i, b] for b = tid, tid +
+    SDDMM_THREADS, ... and ``block_sum`` adds the threads' sums: the partition and tree of
+    ``ops.batch_sum`` with as many threads (bitwise its result).  A kernel of its own, because
+    the sum's registers (48 instead of 32 in float32) would cost the plain kernel occupancy.
+    """
+    partial = cuda.shared.array((SDDMM_ENTRIES, SDDMM_PAD), dtype=out.dtype)
+    red = cuda.shared.array(SDDMM_THREADS, dtype=out.dtype)
+    row = cuda.blockIdx.x
+    tid = cuda.threadIdx.y * WARP + cuda.threadIdx.x
+    g = g_t[uint64(row)]
+    batch = uint32(g_t.shape[1])
+    acc = out.dtype.type(0)
+    b = uint32(tid)
+    while b < batch:
+        acc += g[b]
+        b += uint32(SDDMM_THREADS)
+    red[tid] = acc
+    total = block_sum(red, tid)
+    if tid == 0:
+        bias_out[row] = total
+    _sddmm_row(indptr, indices, g_t, x_t, out, partial)
 
 
 @cuda.jit

@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import kernels
 from .._validation import as_float_array
-from .module import Module
+from .module import Module, fusable_forward
 
 __all__ = ["ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Softmax"]
 
@@ -38,6 +38,7 @@ class ReLU(Module):
         """Keep what forward would have kept, when the layer before computed this ReLU."""
         self._save(y)
 
+    @fusable_forward
     def forward(self, x):
         y = kernels.activation("relu", as_float_array(x, "x"))
         self._save(y)

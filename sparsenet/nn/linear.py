@@ -8,7 +8,7 @@ from .. import kernels
 from .._validation import check_random_state, float_dtype
 from ..csr import CSRMatrix
 from . import init
-from .module import Parameter, _WeightedLayer
+from .module import Parameter, _WeightedLayer, fusable_forward
 
 __all__ = ["Linear", "SparseLinear"]
 
@@ -141,6 +141,7 @@ class SparseLinear(_WeightedLayer):
         """The current CSR weight (``weight.csr``)."""
         return self.weight.csr
 
+    @fusable_forward
     def forward(self, x):
         return self._forward_fused(x, relu=False)
 

@@ -621,15 +621,24 @@ class _WeightedLayer(Module):
         raise NotImplementedError(f"{type(self).__name__} does not implement _backward")
 
 
+def fusable_forward(forward):
+    """Mark a layer class's own ``forward`` as one :class:`Sequential` may fuse (see _fusable)."""
+    forward.fusable = True
+    return forward
+
+
 def _fusable(layer, nxt):
     """Whether ``nxt`` is a plain ReLU that ``layer`` can apply as it stores its output.
 
-    Exact classes only (each defines the hook itself, a subclass may change what forward
-    does), and neither forward replaced on the instance (a recorder or a user's wrapper must
-    see its call).
+    Exact classes only (each defines the hook itself: a subclass may change what forward
+    does), both ``forward`` still the marked originals (not patched on the class), and neither
+    replaced on the instance (a recorder or a user's wrapper must see its call).
     """
+    def plain(m):
+        return getattr(type(m).forward, "fusable", False) and "forward" not in m.__dict__
+
     return ("_forward_fused" in type(layer).__dict__ and type(nxt).__dict__.get("_fusable_activation") == "relu"
-            and "forward" not in layer.__dict__ and "forward" not in nxt.__dict__)
+            and plain(layer) and plain(nxt))
 
 
 class Sequential(Module):

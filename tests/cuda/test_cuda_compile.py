@@ -65,7 +65,8 @@ def test_csr_kernels_compile(compile_ptx, fdt, idt):
     ivec = i[::1]
     sigs = {
         "csr_spmm": (csr.csr_spmm, (ivec, ivec, ivec, types.boolean, vec, mat, vec, types.boolean, types.boolean, mat)),
-        "csr_sddmm": (csr.csr_sddmm, (ivec, ivec, mat, mat, vec, vec, types.boolean)),
+        "csr_sddmm": (csr.csr_sddmm, (ivec, ivec, mat, mat, vec)),
+        "csr_sddmm_bias": (csr.csr_sddmm_bias, (ivec, ivec, mat, mat, vec, vec)),
         "transpose_2d": (csr.transpose_2d, (f[:, :], mat)),
         "fill": (csr.fill, (vec, types.float64)),
     }
@@ -220,3 +221,11 @@ def test_sass_report_finds_the_lean_inner_loops(compile_ptx, tmp_path):
         result = report.profile(*kernels[name], tmp_path, name)
         assert result["registers"] <= 128 and result["spill_bytes"] == 0, (name, result)
         assert min(n / f for n, _, _, f in result["loops"]) <= 2.0, (name, result["loops"])
+
+
+def test_block_geometry_the_kernels_rely_on():
+    """csr_sddmm_bias indexes its threads as warp * WARP + lane over SDDMM_THREADS slots, and is
+    bitwise batch_sum's only with as many threads as batch_sum's block."""
+    from sparsenet.kernels.cuda import csr, ops
+
+    assert csr.SDDMM_THREADS == csr.WARP * csr.SDDMM_WARPS == ops.RED_THREADS

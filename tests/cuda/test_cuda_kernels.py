@@ -87,6 +87,8 @@ def test_spmm_spmm_t_sddmm_match_reference_and_cpu(rng, dtype, case):
     yb = kc.spmm(d_indptr, d_indices, d_data, _dev(x), _dev(bias))
     np.testing.assert_array_equal(_host(yb), _host(y) + bias)  # acc + bias: the separate add's rounding
     np.testing.assert_allclose(_host(yb), kernels.spmm(indptr, indices, data, x, bias), **_tol(dtype))
+    yr = kc.spmm(d_indptr, d_indices, d_data, _dev(x), _dev(bias), relu=True)  # ReLU in the same store
+    np.testing.assert_array_equal(_host(yr), np.maximum(_host(yb), 0))
 
     gx = kc.spmm_t(d_indptr, d_indices, d_data, shape[1], _dev(g))
     assert gx.shape == (batch, shape[1]) and gx.dtype == dtype
@@ -97,11 +99,34 @@ def test_spmm_spmm_t_sddmm_match_reference_and_cpu(rng, dtype, case):
     assert gw.shape == (len(indices),) and gw.dtype == dtype
     np.testing.assert_allclose(_host(gw), ref.sddmm(indptr, indices, shape, g, x), **_tol(dtype))
     np.testing.assert_allclose(_host(gw), kernels.sddmm(indptr, indices, g, x), **_tol(dtype))
-    # the bias gradient in the same launch: the same weight gradient, and bitwise batch_sum's sum
-    gw2, gb = kc.sddmm(d_indptr, d_indices, _dev(g), _dev(x), bias_grad=True)
-    np.testing.assert_array_equal(_host(gw2), _host(gw))
-    np.testing.assert_array_equal(_host(gb), _host(kc.batch_sum(_dev(g))))
-    np.testing.assert_allclose(_host(gb), g.sum(axis=0), **_tol(dtype))
+    _check_sddmm_bias_paths(kc, d_indptr, d_indices, g, x, _host(gw))
+
+
+def _check_sddmm_bias_paths(kc, d_indptr, d_indices, g, x, gw):
+    """The bias gradient from the SDDMM launch (csr_sddmm_bias) and from batch_sum after it:
+    the same weight gradient, and bitwise batch_sum's sum either way."""
+    import sparsenet.kernels.cuda as kcmod
+
+    limit = kcmod.SDDMM_BIAS_FUSED_MAX
+    try:
+        for fused_max in (1 << 62, 0):
+            kcmod.SDDMM_BIAS_FUSED_MAX = fused_max
+            gw2, gb = kc.sddmm(d_indptr, d_indices, _dev(g), _dev(x), bias_grad=True)
+            np.testing.assert_array_equal(_host(gw2), gw)
+            np.testing.assert_array_equal(_host(gb), _host(kc.batch_sum(_dev(g))))
+            np.testing.assert_allclose(_host(gb), g.sum(axis=0), **_tol(g.dtype.type))
+    finally:
+        kcmod.SDDMM_BIAS_FUSED_MAX = limit
+
+
+def test_sddmm_bias_sum_over_more_samples_than_threads(rng):
+    """B = 300 > 256 threads: the strided split of the batch over the block, on a real GPU too."""
+    kc = _kc()
+    data, indices, indptr, shape = _matrix(rng, (4, 5), 0.6, np.float32, empty_rows=(1,))
+    g = rng.standard_normal((300, 4)).astype(np.float32)
+    x = rng.standard_normal((300, 5)).astype(np.float32)
+    d = _on_device(data, indices, indptr)
+    _check_sddmm_bias_paths(kc, d[0], d[1], g, x, _host(kc.sddmm(d[0], d[1], _dev(g), _dev(x))))
 
 
 def test_int64_indices(rng):
