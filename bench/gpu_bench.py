@@ -357,25 +357,26 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
     if "overhead" in args.suites and not args.dry_run:
         print(table(OVERHEAD_COLUMNS, _measured([None], lambda _: bench_overhead(args)), ()) + "\n", flush=True)
+    # Target-bearing suites first: a run cut short by the lease still reports them.
     if "csr" in args.suites:
         rows = _measured(args.shape_list, lambda shape: bench_shape(shape, args, rng))
         print(_timed_tables("CSR products", CSR_COLUMNS, rows, CSR_OPS) + "\n", flush=True)
-    if "conv" in args.suites:
-        cases = CONV_CASES[-1:] if args.dry_run else CONV_CASES
-        rows = _measured(cases, lambda case: bench_conv(case, args, rng))
-        print(_timed_tables("conv2d", CONV_COLUMNS, rows, CONV_RATIOS) + "\n", flush=True)
-    if "sparsity" in args.suites:
-        shapes = [(7, 9)] if args.dry_run else SPARSITY_SHAPES
-        rows = _measured(shapes, lambda shape: bench_sparsity(shape, args, rng))
-        print(_timed_tables("per-step sparsity work", SPARSITY_COLUMNS, rows, SPARSITY_RATIOS) + "\n", flush=True)
+    if "train" in args.suites:
+        batches = [4] if args.dry_run else TRAIN_BATCHES
+        rows = _measured(batches, lambda b: bench_train(b, args))
+        print(table(TRAIN_COLUMNS, rows, (("gpu_step", "cpu_step"),)) + "\n", flush=True)
     if "dropout" in args.suites:
         shapes = [(5, 7)] if args.dry_run else DROPOUT_SHAPES
         rows = _measured(shapes, lambda shape: bench_dropout(shape, args, rng))
         print(_timed_tables("dropout forward + backward", DROPOUT_COLUMNS, rows, DROPOUT_RATIOS) + "\n", flush=True)
-    if "train" in args.suites:
-        batches = [4] if args.dry_run else TRAIN_BATCHES
-        rows = _measured(batches, lambda b: bench_train(b, args))
-        print(table(TRAIN_COLUMNS, rows, (("gpu_step", "cpu_step"),)), flush=True)
+    if "sparsity" in args.suites:
+        shapes = [(7, 9)] if args.dry_run else SPARSITY_SHAPES
+        rows = _measured(shapes, lambda shape: bench_sparsity(shape, args, rng))
+        print(_timed_tables("per-step sparsity work", SPARSITY_COLUMNS, rows, SPARSITY_RATIOS) + "\n", flush=True)
+    if "conv" in args.suites:
+        cases = CONV_CASES[-1:] if args.dry_run else CONV_CASES
+        rows = _measured(cases, lambda case: bench_conv(case, args, rng))
+        print(_timed_tables("conv2d", CONV_COLUMNS, rows, CONV_RATIOS) + "\n", flush=True)
     return 0
 
 

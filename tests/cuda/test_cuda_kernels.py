@@ -260,7 +260,7 @@ def test_production_geometry(rng, monkeypatch, dtype):
 
     csr = importlib.import_module("sparsenet.kernels.cuda.csr")
     for key, value in {"WARP": 32, "SPMM_WARPS": 8, "SPMM_BATCH_TILE": 128, "SDDMM_WARPS": 8,
-                       "SDDMM_ENTRIES": 32, "SDDMM_PAD": 33, "TILE": 32, "TILE_ROWS": 8, "TILE_PAD": 33}.items():
+                       "SDDMM_ENTRIES": 32, "SDDMM_PAD": 33, "SDDMM_THREADS": 256, "TILE": 32, "TILE_ROWS": 8, "TILE_PAD": 33}.items():
         assert key in vars(csr)
         monkeypatch.setattr(csr, key, value)
     kc = _kc()
@@ -269,8 +269,11 @@ def test_production_geometry(rng, monkeypatch, dtype):
     g = rng.standard_normal((3, 2)).astype(dtype)
     d = _on_device(data, indices, indptr)
     np.testing.assert_allclose(_host(kc.spmm(*d, _dev(x))), ref.spmm(indptr, indices, data, shape, x), **_tol(dtype))
-    np.testing.assert_allclose(_host(kc.sddmm(d[0], d[1], _dev(g), _dev(x))),
-                               ref.sddmm(indptr, indices, shape, g, x), **_tol(dtype))
+    gw = _host(kc.sddmm(d[0], d[1], _dev(g), _dev(x)))
+    np.testing.assert_allclose(gw, ref.sddmm(indptr, indices, shape, g, x), **_tol(dtype))
+    gw_b, gb = kc.sddmm(d[0], d[1], _dev(g), _dev(x), bias_grad=True)  # 256 threads sum the bias
+    np.testing.assert_array_equal(_host(gw_b), gw)
+    np.testing.assert_allclose(_host(gb), g.sum(axis=0), **_tol(dtype))
     # A batch over the 128-column tile: a full tile, then one shifted left to end at the batch.
     x = rng.standard_normal((130, 35)).astype(dtype)
     np.testing.assert_allclose(_host(kc.spmm(*d, _dev(x))), ref.spmm(indptr, indices, data, shape, x), **_tol(dtype))
