@@ -407,18 +407,21 @@ def _conv_backward(g, x, indptr, indices, data, kernel, stride, padding, dilatio
     return grad_x, grad_w
 
 
-def conv2d(x, weight, bias, stride, padding, dilation):
+def conv2d(x, weight, bias, stride, padding, dilation, relu=False):
     """Direct convolution: x (N, C, H, W), weight (O, C/groups, KH, KW) -> (N, O, OH, OW).
 
     ``groups`` is implied by ``C // weight.shape[1]``.  No im2col matrix: the only copy is
-    the zero-padded, phase-split input.
+    the zero-padded, phase-split input.  ``relu``: max(., 0) of the result, as
+    :func:`activation` computes it on each device (in place on the host, in the kernel's store
+    on the GPU).
     """
     if _on_cuda(x=x, weight=weight, bias=bias):
-        return _gpu().conv2d(x, weight, bias, stride, padding, dilation)
+        return _gpu().conv2d(x, weight, bias, stride, padding, dilation, relu)
     o, cg, kh, kw = weight.shape
     indptr, indices = _dense_pattern(o, cg * kh * kw)
-    return _conv_forward(x, indptr, indices, np.ascontiguousarray(weight).reshape(-1), (kh, kw), bias,
-                         stride, padding, dilation, x.shape[1] // cg)
+    y = _conv_forward(x, indptr, indices, np.ascontiguousarray(weight).reshape(-1), (kh, kw), bias,
+                      stride, padding, dilation, x.shape[1] // cg)
+    return np.maximum(y, 0, out=y) if relu else y
 
 
 def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, need_weight=True):
@@ -932,16 +935,17 @@ def channel_sum(g):
     return g.sum(axis=(0, 2, 3))
 
 
-def matmul(a, b, *, transpose_a=False, transpose_b=False, bias=None):
+def matmul(a, b, *, transpose_a=False, transpose_b=False, bias=None, relu=False):
     """``op(a) @ op(b)`` (+ bias along the columns) for 2-D arrays, op = transpose where asked (a
-    view, never a copy); on the GPU the product kernel adds the bias as it stores."""
+    view, never a copy); on the GPU the product kernel adds the bias as it stores.  ``relu``:
+    max(., 0) of the result, as in :func:`conv2d`."""
     if _on_cuda(a=a, b=b, bias=bias):
         kc = _gpu()
-        return kc.matmul(kc.transpose(a) if transpose_a else a, kc.transpose(b) if transpose_b else b, bias)
+        return kc.matmul(kc.transpose(a) if transpose_a else a, kc.transpose(b) if transpose_b else b, bias, relu)
     out = (a.T if transpose_a else a) @ (b.T if transpose_b else b)
     if bias is not None:
         out += bias
-    return out
+    return np.maximum(out, 0, out=out) if relu else out
 
 
 ACTIVATIONS = {"relu": 0, "leaky_relu": 1, "tanh": 2, "sigmoid": 3}  # codes of kernels/cuda/ops.py

@@ -497,8 +497,9 @@ def _tiled_grid(planes, height, width):
     return grid, block
 
 
-def conv2d(x, weight, bias, stride, padding, dilation):
-    """Direct convolution on the device: x (N, C, H, W), weight (O, C/groups, KH, KW) -> (N, O, OH, OW)."""
+def conv2d(x, weight, bias, stride, padding, dilation, relu=False):
+    """Direct convolution on the device: x (N, C, H, W), weight (O, C/groups, KH, KW) -> (N, O, OH, OW);
+    with ``relu`` max(., 0) of it, applied by the kernel as it stores."""
     conv = _conv()
     x, weight = _nchw(x, "x"), _nchw(weight, "weight")
     n = x.shape[0]
@@ -511,7 +512,8 @@ def conv2d(x, weight, bias, stride, padding, dilation):
         return out
     groups = x.shape[1] // weight.shape[1]
     grid, block = _gemm_grid(n * out_h * out_w, o // groups, groups)
-    conv.conv2d_fwd[grid, block](x, _flat_filters(weight), kh, kw, bias, *stride, *padding, *dilation, out)
+    conv.conv2d_fwd[grid, block](x, _flat_filters(weight), kh, kw, bias, *stride, *padding, *dilation,
+                                 bool(relu), out)
     return out
 
 
@@ -1067,10 +1069,10 @@ def batch_sum(g):
     return out
 
 
-def matmul(a, b, bias=None):
-    """a @ b (+ bias (N,), added by the kernel as it stores) for 2-D device arrays of any strides
-    (pass transposes as :func:`transpose` views, not ``DeviceNDArray.T``, which copies);
-    C-ordered result."""
+def matmul(a, b, bias=None, relu=False):
+    """a @ b (+ bias (N,), added by the kernel as it stores; with ``relu`` max(., 0) of it) for
+    2-D device arrays of any strides (pass transposes as :func:`transpose` views, not
+    ``DeviceNDArray.T``, which copies); C-ordered result."""
     ops = _ops()
     a, b = as_device_array(a, "a"), as_device_array(b, "b")
     _same_dtype(a=a, b=b)
@@ -1082,12 +1084,13 @@ def matmul(a, b, bias=None):
         return out
     if a.shape[1] == 0:
         out = zeros(out.shape, out.dtype)
-        return out if bias is None else bias_add_(out, bias)
+        out = out if bias is None else bias_add_(out, bias)
+        return activation(_ops().RELU, 0.0, out) if relu else out
     # Row tiles (the batch, possibly large) on grid x, whose limit is 2**31 - 1 (y's is 65,535).
     grid = (math.ceil(out.shape[0] / ops.MM_TILE), math.ceil(out.shape[1] / ops.MM_TILE))
     has_bias = bias is not None
     ops.matmul[grid, (ops.MM_THREADS, ops.MM_THREADS)](a, b, bias if has_bias else out.reshape(out.size), has_bias,
-                                                       out)
+                                                       bool(relu), out)
     return out
 
 

@@ -280,9 +280,10 @@ def batch_sum(g, out):
 
 
 @cuda.jit
-def matmul(a, b, bias, has_bias, out):
+def matmul(a, b, bias, has_bias, relu, out):
     """out = a @ b (+ bias) for a (M, K), b (K, N) of any strides (transposes are views); out
-    (M, N); with ``has_bias`` bias (N,) is added as out is stored (else not read).
+    (M, N); with ``has_bias`` bias (N,) is added as out is stored (else not read), and with
+    ``relu`` the stored value is ``v if v > 0 else 0`` (a Linear then ReLU is one launch).
 
     Shared-memory tiles with register blocking: a block stages an MM_TILE x MM_TILE_K tile of a
     (transposed, k-major) and an MM_TILE_K x MM_TILE tile of b per step of K, and each thread
@@ -326,7 +327,8 @@ def matmul(a, b, bias, has_bias, out):
         for c in range(MM_REG):
             j = j0 + tx + c * MM_THREADS
             if i < n_m and j < n_n:
-                out[i, j] = acc[r, c] + bias[j] if has_bias else acc[r, c]
+                v = acc[r, c] + bias[j] if has_bias else acc[r, c]
+                out[i, j] = (v if v > zero else zero) if relu else v
 
 
 @cuda.jit

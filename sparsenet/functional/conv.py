@@ -119,7 +119,7 @@ def _check_dense_conv(x, weight, stride, padding, dilation, groups):
 
 
 # --------------------------------------------------------------------------- dense convolution
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, relu=False):
     """2-D cross-correlation with PyTorch's ``conv2d`` semantics, computed directly.
 
     ``y[n, o, r, j] = bias[o] + sum_{c, ki, kj} weight[o, c, ki, kj] *
@@ -135,6 +135,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         Positive stride and dilation, non-negative zero padding, as ``(height, width)``.
     groups : int, default=1
         Divides C and O; ``groups == C`` is a depthwise convolution.
+    relu : bool, default False
+        Return ``max(y, 0)`` (as ``nn.ReLU`` computes it on the same device), applied as ``y``
+        is stored: no second pass and no second array.
 
     Returns
     -------
@@ -160,7 +163,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """
     x, weight, stride, padding, dilation, _ = _check_dense_conv(x, weight, stride, padding, dilation, groups)
     bias = _check_bias(bias, (weight.shape[0],), weight.dtype)
-    return kernels.conv2d(x, weight, bias, stride, padding, dilation)
+    return kernels.conv2d(x, weight, bias, stride, padding, dilation, relu=relu)
 
 
 def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1, *, need_input=True):

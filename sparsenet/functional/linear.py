@@ -137,8 +137,9 @@ def _check_dense_weight(weight):
     return weight
 
 
-def linear(x, weight, bias=None):
-    """y = x @ weight.T + bias with a dense weight (BLAS); same contract as :func:`sparse_linear`.
+def linear(x, weight, bias=None, *, relu=False):
+    """y = x @ weight.T + bias with a dense weight (BLAS); same contract as :func:`sparse_linear`
+    (``relu`` included).
 
     Examples
     --------
@@ -150,7 +151,7 @@ def linear(x, weight, bias=None):
     out_features, in_features = weight.shape
     x2 = _as_batch(x, "x", in_features, weight.dtype, "in_features")
     bias = _check_bias(bias, out_features, weight.dtype)
-    y = kernels.matmul(x2, weight, transpose_b=True, bias=bias)
+    y = kernels.matmul(x2, weight, transpose_b=True, bias=bias, relu=relu)
     return _reshape(y, _shape(x)[:-1] + (out_features,))
 
 

@@ -20,9 +20,9 @@ def _check_grad(grad_out, shape):
 class ReLU(Module):
     """``max(x, 0)`` element-wise; gradient 0 at 0.
 
-    In a :class:`~sparsenet.nn.Sequential`, a ReLU right after a ``SparseLinear`` is computed by
-    that layer's product kernel as it stores its output (no pass and no array of its own); its
-    backward is the same.
+    In a :class:`~sparsenet.nn.Sequential`, a ReLU right after a ``SparseLinear``, ``Linear`` or
+    ``Conv2d`` is computed by that layer's product as it stores its output (no pass and no array
+    of its own); its backward is the same.
 
     Examples
     --------

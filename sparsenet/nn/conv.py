@@ -9,7 +9,7 @@ import numpy as np
 from .. import functional as F
 from .._validation import check_random_state, float_dtype
 from . import init
-from .module import Parameter, _WeightedLayer
+from .module import Parameter, _WeightedLayer, fusable_forward
 
 __all__ = ["Conv2d", "SparseConv2d", "LocallyConnected2d"]
 
@@ -101,8 +101,14 @@ class Conv2d(_ConvBase):
                                              dtype=self.dtype))
         self.bias = Parameter(init.uniform((out_channels,), bound, rng=rng, dtype=self.dtype)) if bias else None
 
+    @fusable_forward
     def forward(self, x):
-        y = F.conv2d(x, self.weight.data, None if self.bias is None else self.bias.data, **self._geometry())
+        return self._forward_fused(x, relu=False)
+
+    def _forward_fused(self, x, relu):
+        """forward, with ``relu`` also the following ReLU's (``Sequential`` fuses the pair)."""
+        y = F.conv2d(x, self.weight.data, None if self.bias is None else self.bias.data, **self._geometry(),
+                     relu=relu)
         self._save(x)
         return y
 

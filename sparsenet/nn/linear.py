@@ -55,8 +55,13 @@ class Linear(_WeightedLayer):
         self.weight = Parameter(init.uniform((out_features, in_features), bound, rng=rng, dtype=self.dtype))
         self.bias = Parameter(init.uniform((out_features,), bound, rng=rng, dtype=self.dtype)) if bias else None
 
+    @fusable_forward
     def forward(self, x):
-        y = F.linear(x, self.weight.data, None if self.bias is None else self.bias.data)
+        return self._forward_fused(x, relu=False)
+
+    def _forward_fused(self, x, relu):
+        """forward, with ``relu`` also the following ReLU's (``Sequential`` fuses the pair)."""
+        y = F.linear(x, self.weight.data, None if self.bias is None else self.bias.data, relu=relu)
         self._save(x)
         return y
 

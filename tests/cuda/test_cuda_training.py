@@ -91,19 +91,34 @@ def test_layer_on_device_matches_host(rng, name, make, shape):
         np.testing.assert_allclose(dev_state[key], value, rtol=1e-12, atol=1e-12, err_msg=key)
 
 
-def test_fused_sparse_linear_relu_on_device_is_the_unfused_pair(rng, monkeypatch):
-    """On the device the ReLU after a SparseLinear is applied in the SpMM store: no activation
-    launch, and bit for bit the unfused pair's outputs and gradients."""
+FUSED_MODELS = {  # name: (factory, input shape, output shape)
+    "sparse_linear": (lambda dt: nn.Sequential(nn.SparseLinear(5, 7, density=0.6, rng=0, dtype=dt), nn.ReLU(),
+                                               nn.SparseLinear(7, 3, density=0.6, rng=1, dtype=dt)), (9, 5), (9, 3)),
+    "linear": (lambda dt: nn.Sequential(nn.Linear(5, 7, rng=0, dtype=dt), nn.ReLU(),
+                                        nn.Linear(7, 3, rng=1, dtype=dt)), (9, 5), (9, 3)),
+    "conv": (lambda dt: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, rng=0, dtype=dt), nn.ReLU(),
+                                      nn.Conv2d(3, 2, 2, rng=1, dtype=dt)), (2, 2, 4, 5), (2, 2, 3, 4)),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, F64])
+@pytest.mark.parametrize("name", list(FUSED_MODELS))
+def test_fused_relu_on_device_is_the_unfused_pair(rng, monkeypatch, name, dtype):
+    """On the device the ReLU after a SparseLinear, Linear or Conv2d is applied by the product
+    kernel as it stores: no activation launch, and bit for bit the unfused pair's outputs and
+    gradients."""
     from sparsenet.kernels import cuda as kc
 
+    make, in_shape, out_shape = FUSED_MODELS[name]
+
     def model():
-        return nn.Sequential(nn.SparseLinear(5, 7, density=0.6, rng=0, dtype=F64), nn.ReLU(),
-                             nn.SparseLinear(7, 3, density=0.6, rng=1, dtype=F64)).to("cuda")
+        return make(dtype).to("cuda")
 
     fused, plain = model(), model()
     for layer in plain:
         object.__setattr__(layer, "forward", layer.forward)  # replaced forwards: no fusion
-    x, g = _dev(rng.standard_normal((9, 5))), _dev(rng.standard_normal((9, 3)))
+    x = _dev(rng.standard_normal(in_shape).astype(dtype))
+    g = _dev(rng.standard_normal(out_shape).astype(dtype))
     assert (_host(plain[1](plain[0](x))) == 0).any()  # the hidden ReLU has work to do
     y_plain = _host(plain(x))
     plain.backward(g)

@@ -331,19 +331,34 @@ def _unfused(model):
     return model
 
 
+FUSED_MODELS = {  # name: (factory(dtype), input shape, output shape)
+    "sparse_linear": (lambda dt: nn.Sequential(
+        nn.SparseLinear(7, 9, density=0.5, rng=0, dtype=dt), nn.ReLU(),
+        nn.SparseLinear(9, 4, density=0.5, rng=1, dtype=dt), nn.ReLU(),
+        nn.SparseLinear(4, 3, density=0.8, rng=2, dtype=dt)), (6, 7), (6, 3)),
+    "linear": (lambda dt: nn.Sequential(nn.Linear(7, 9, rng=0, dtype=dt), nn.ReLU(),
+                                        nn.Linear(9, 3, rng=1, dtype=dt)), (6, 7), (6, 3)),
+    "conv": (lambda dt: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, rng=0, dtype=dt), nn.ReLU(),
+                                      nn.Conv2d(3, 2, 3, stride=2, rng=1, dtype=dt), nn.ReLU()),
+             (2, 2, 6, 5), (2, 2, 2, 2)),
+}
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_sequential_fuses_sparse_linear_and_relu(rng, monkeypatch, dtype):
-    """SparseLinear then ReLU in a Sequential: one product with the ReLU in its store, no
-    activation pass, and bit for bit the unfused outputs and gradients (backward unchanged)."""
+@pytest.mark.parametrize("name", list(FUSED_MODELS))
+def test_sequential_fuses_a_product_and_relu(rng, monkeypatch, name, dtype):
+    """SparseLinear, Linear or Conv2d then ReLU in a Sequential: the ReLU applied as the product
+    stores its output (no activation pass), bit for bit the unfused outputs and gradients
+    (backward unchanged)."""
     from sparsenet import kernels
 
-    def model():
-        return nn.Sequential(nn.SparseLinear(7, 9, density=0.5, rng=0, dtype=dtype), nn.ReLU(),
-                             nn.SparseLinear(9, 4, density=0.5, rng=1, dtype=dtype), nn.ReLU(),
-                             nn.SparseLinear(4, 3, density=0.8, rng=2, dtype=dtype))
+    make, in_shape, out_shape = FUSED_MODELS[name]
 
-    x = rng.standard_normal((6, 7)).astype(dtype)
-    g = rng.standard_normal((6, 3)).astype(dtype)
+    def model():
+        return make(dtype)
+
+    x = rng.standard_normal(in_shape).astype(dtype)
+    g = rng.standard_normal(out_shape).astype(dtype)
     plain, fused = _unfused(model()), model()
     y_plain = plain(x)
     activations = []
