@@ -81,12 +81,13 @@ def _pixel(pix, plane, width):
 
 
 @jit_fitting(GEMM_THREADS * GEMM_THREADS, 2)  # 167 registers uncapped: one block an SM; 128 spill nothing
-def conv2d_fwd(x, weight, kh, kw, bias, sh, sw, ph, pw, dh, dw, relu, out):
+def conv2d_fwd(x, weight, kh, kw, bias, has_bias, sh, sw, ph, pw, dh, dw, relu, out):
     """out[n, o, r, j] = bias[o] + sum_{c, p, q} weight[o, c, p, q] * x[n, c0 + c, r*sh - ph + p*dh,
     j*sw - pw + q*dw] (c0 = first input channel of o's group; out-of-range taps are zero).
 
     weight (O, C/groups*KH*KW): the filters flattened in (c, p, q) order (a free view of the
-    4-D weight), with (kh, kw) given; bias (O,) (zeros when the layer has none); out (N, O, OH,
+    4-D weight), with (kh, kw) given; bias (O,), read only with ``has_bias`` (else zero is added:
+    no zero-filled array is allocated and filled per call); out (N, O, OH,
     OW) preallocated and overwritten, with ``relu`` as max(., 0) (``v if v > 0 else 0``, the ReLU
     kernel's expression: a Conv2d then ReLU in a Sequential is one launch).
     O(N*O*OH*OW*C/groups*KH*KW).
@@ -166,7 +167,7 @@ def conv2d_fwd(x, weight, kh, kw, bias, sh, sw, ph, pw, dh, dw, relu, out):
             for i in range(GEMM_REG):
                 o = o0 + ty + i * GEMM_THREADS
                 if o < o_g:
-                    v = acc[i, j] + bias[o_first + o]
+                    v = acc[i, j] + (bias[o_first + o] if has_bias else zero)
                     out[n_s, o_first + o, r, q] = (v if v > zero else zero) if relu else v
 
 

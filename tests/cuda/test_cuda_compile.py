@@ -105,7 +105,7 @@ def test_conv_pool_kernels_compile(compile_ptx, fdt):
     f = getattr(types, fdt)
     t4, vec, i = f[:, :, :, ::1], f[::1], types.int64
     sigs = {
-        "conv2d_fwd": (conv.conv2d_fwd, (t4, f[:, ::1], i, i, vec) + (i,) * 6 + (types.boolean, t4)),
+        "conv2d_fwd": (conv.conv2d_fwd, (t4, f[:, ::1], i, i, vec, types.boolean) + (i,) * 6 + (types.boolean, t4)),
         "conv2d_grad_input": (conv.conv2d_grad_input, (t4, f[:, ::1]) + (i,) * 8 + (t4,)),
         "conv2d_grad_weight": (conv.conv2d_grad_weight, (t4, t4) + (i,) * 9 + (f[:, :, ::1],)),
         "split_sum": (conv.split_sum, (f[:, ::1], vec)),
