@@ -351,6 +351,8 @@ def _conv_forward(x, indptr, indices, data, kernel, bias, stride, padding, dilat
     n, c = x.shape[:2]
     o = indptr.shape[0] - 1
     out_h, out_w, hq, wq = _conv_geometry(x.shape, kernel, stride, padding, dilation)
+    if n == 0:  # an empty batch (the phase split cannot reshape it)
+        return np.empty((0, o, out_h, out_w), dtype=x.dtype)
     stack = _stack_size(n, hq, wq)
     xq = _phase_split(x, padding, stride, hq, wq, stack)
     _, plane, phase, off = _tap_tables(indptr, indices, kernel, stride, dilation, c // groups, o // groups, wq)
@@ -367,6 +369,9 @@ def _conv_backward(g, x, indptr, indices, data, kernel, stride, padding, dilatio
     n, c = x.shape[:2]
     o = indptr.shape[0] - 1
     out_h, out_w, hq, wq = _conv_geometry(x.shape, kernel, stride, padding, dilation)
+    if n == 0:  # an empty batch contributes nothing
+        return (np.zeros(x.shape, x.dtype) if need_input else None,
+                np.zeros(indices.shape[0], x.dtype) if need_weight else None)
     n_cg, n_og = c // groups, o // groups
     rows, plane, phase, off = _tap_tables(indptr, indices, kernel, stride, dilation, n_cg, n_og, wq)
     # grad_out on the stacked wide grid (rows Hq, width Wq), zeros in the dropped rows and

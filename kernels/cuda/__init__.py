@@ -507,10 +507,11 @@ def conv2d(x, weight, bias, stride, padding, dilation, relu=False):
     out_h = _out_size(x.shape[2], kh, stride[0], padding[0], dilation[0])
     out_w = _out_size(x.shape[3], kw, stride[1], padding[1], dilation[1])
     out = empty((n, o, max(out_h, 0), max(out_w, 0)), x.dtype)
+    bias = _epilogue_bias(bias, o, x.dtype)
     if out.size == 0:
         return out
     has_bias = bias is not None
-    bias = as_device_array(bias, "bias") if has_bias else out.reshape(out.size)  # not read without one
+    bias = bias if has_bias else out.reshape(out.size)  # not read without one
     groups = x.shape[1] // weight.shape[1]
     grid, block = _gemm_grid(n * out_h * out_w, o // groups, groups)
     conv.conv2d_fwd[grid, block](x, _flat_filters(weight), kh, kw, bias, has_bias, *stride, *padding, *dilation,
@@ -650,10 +651,11 @@ def sparse_conv2d(x, indptr, indices, data, kernel, bias, stride, padding, dilat
     out_h = _out_size(x.shape[2], kernel[0], stride[0], padding[0], dilation[0])
     out_w = _out_size(x.shape[3], kernel[1], stride[1], padding[1], dilation[1])
     out = empty((x.shape[0], o, max(out_h, 0), max(out_w, 0)), x.dtype)
+    bias = _epilogue_bias(bias, o, x.dtype)
     if out.size:
         # A bias-free layer adds zeros: a has_bias flag would cost this kernel 8 registers (86,
         # two blocks an SM instead of three), more than the zero-filled array costs.
-        bias = zeros((o,), x.dtype) if bias is None else as_device_array(bias, "bias")
+        bias = zeros((o,), x.dtype) if bias is None else bias
         grid, block = _tiled_grid(math.ceil(x.shape[0] / conv.SPARSE_NB) * o, out_h, out_w)
         conv.sparse_conv2d_fwd[grid, block](x, indptr, indices, data, int(groups), *kernel, *stride, *padding,
                                             *dilation, bias, out)

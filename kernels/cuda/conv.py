@@ -80,7 +80,9 @@ def _pixel(pix, plane, width):
     return n, row, rest - row * width
 
 
-@jit_fitting(GEMM_THREADS * GEMM_THREADS, 2)  # 167 registers uncapped: one block an SM; 128 spill nothing
+# Uncapped, 167 registers (float32): one block an SM.  At 128, float32 spills nothing and
+# float64 spills 24 bytes outside the inner loop (bench/sass_report.py).
+@jit_fitting(GEMM_THREADS * GEMM_THREADS, 2)
 def conv2d_fwd(x, weight, kh, kw, bias, has_bias, sh, sw, ph, pw, dh, dw, relu, out):
     """out[n, o, r, j] = bias[o] + sum_{c, p, q} weight[o, c, p, q] * x[n, c0 + c, r*sh - ph + p*dh,
     j*sw - pw + q*dw] (c0 = first input channel of o's group; out-of-range taps are zero).
@@ -285,7 +287,8 @@ def _plane_split(plane, tid, stride):
     return tid % plane, plane, tid // plane, n_step
 
 
-@jit_fitting(GEMM_THREADS * GEMM_THREADS, 2)  # 130 registers uncapped: one block an SM; 128 spill nothing
+# Uncapped, 130 registers (float32): one block an SM; capped as conv2d_fwd, with the same spills.
+@jit_fitting(GEMM_THREADS * GEMM_THREADS, 2)
 def conv2d_grad_weight(g, x, kh, kw, sh, sw, ph, pw, dh, dw, steps_per_split, part):
     """part[s, o, k] = sum over the output pixels (n, r, j) of split s of g[n, o, r, j] *
     x[n, c0 + c, r*sh - ph + p*dh, j*sw - pw + q*dw], k = (c, p, q) flattened (c0: first input

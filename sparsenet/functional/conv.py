@@ -136,8 +136,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, r
     groups : int, default=1
         Divides C and O; ``groups == C`` is a depthwise convolution.
     relu : bool, default False
-        Return ``max(y, 0)`` (as ``nn.ReLU`` computes it on the same device), applied as ``y``
-        is stored: no second pass and no second array.
+        Return ``max(y, 0)`` (as ``nn.ReLU`` computes it on the same device): on the GPU as ``y``
+        is stored, on the host in place; no second array either way.
 
     Returns
     -------

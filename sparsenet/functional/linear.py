@@ -66,8 +66,8 @@ def sparse_linear(x, weight, bias=None, *, relu=False):
     weight : CSRMatrix, shape (out_features, in_features), same dtype as ``x``
     bias : ndarray, shape (out_features,), optional
     relu : bool, default False
-        Return ``max(y, 0)`` (as ``nn.ReLU`` computes it on the same device), applied as ``y``
-        is stored: no second pass and no second array.
+        Return ``max(y, 0)`` (as ``nn.ReLU`` computes it on the same device): on the GPU as ``y``
+        is stored, on the host in place; no second array either way.
 
     Returns
     -------

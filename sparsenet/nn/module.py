@@ -621,9 +621,12 @@ class _WeightedLayer(Module):
         raise NotImplementedError(f"{type(self).__name__} does not implement _backward")
 
 
+_FUSABLE_FORWARDS = set()  # the functions themselves: a functools.wraps wrapper is not one of them
+
+
 def fusable_forward(forward):
-    """Mark a layer class's own ``forward`` as one :class:`Sequential` may fuse (see _fusable)."""
-    forward.fusable = True
+    """Register a layer class's own ``forward`` as one :class:`Sequential` may fuse (see _fusable)."""
+    _FUSABLE_FORWARDS.add(forward)
     return forward
 
 
@@ -635,7 +638,7 @@ def _fusable(layer, nxt):
     replaced on the instance (a recorder or a user's wrapper must see its call).
     """
     def plain(m):
-        return getattr(type(m).forward, "fusable", False) and "forward" not in m.__dict__
+        return type(m).forward in _FUSABLE_FORWARDS and "forward" not in m.__dict__
 
     return ("_forward_fused" in type(layer).__dict__ and type(nxt).__dict__.get("_fusable_activation") == "relu"
             and plain(layer) and plain(nxt))

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sparsenet.functional as F
+from sparsenet import CSRMatrix
 from sparsenet.kernels import reference as ref
 
 pytestmark = pytest.mark.usefixtures("small_geometry")
@@ -101,6 +102,22 @@ def test_conv2d_hypothesis_through_functional(n, cg, og, groups, h, w, kh, kw, s
     dev = F.conv2d_backward(_dev(g), _dev(x), _dev(wt), **geo)
     for a, b in zip(dev, host):
         np.testing.assert_allclose(_host(a), b, **_tol(dtype))
+
+
+def test_conv_wrappers_refuse_a_bias_they_would_misread(rng):
+    """A short bias would be read past its end, one of another dtype would compile another kernel:
+    both refused, by the dense and the weight-sparse forward, empty outputs included."""
+    kc = _kc()
+    x, w = _dev(rng.standard_normal((1, 2, 4, 4))), _dev(rng.standard_normal((3, 2, 3, 3)))
+    w_csr = CSRMatrix.from_dense(rng.standard_normal((3, 18))).to("cuda")
+    for conv in (lambda b, xx: kc.conv2d(xx, w, b, (1, 1), (0, 0), (1, 1)),
+                 lambda b, xx: kc.sparse_conv2d(xx, w_csr.indptr, w_csr.indices, w_csr.data, (3, 3), b, (1, 1),
+                                                (0, 0), (1, 1), 1)):
+        for xx in (x, _dev(np.zeros((0, 2, 4, 4)))):
+            with pytest.raises(ValueError, match="bias must have shape"):
+                conv(_dev(np.zeros(2)), xx)
+            with pytest.raises(TypeError, match="one float dtype"):
+                conv(_dev(np.zeros(3, np.float32)), xx)
 
 
 def test_conv2d_backward_flags_and_big_kernel(rng):

@@ -1,4 +1,6 @@
 """Layer-specific behaviour beyond the conformance suite: init, numerics, PyTorch parity."""
+import functools
+
 import numpy as np
 import pytest
 
@@ -398,6 +400,25 @@ def test_fusion_leaves_subclasses_and_wrapped_layers_alone(rng, monkeypatch):
     monkeypatch.setattr(nn.ReLU, "forward", lambda self, v: calls.append(1) or relu_forward(self, v))
     nn.Sequential(nn.SparseLinear(4, 3, rng=0), nn.ReLU())(x)
     assert calls == [1]
+    linear_forward = nn.Linear.forward  # also a functools.wraps wrapper, which copies attributes
+
+    @functools.wraps(linear_forward)
+    def traced(self, v):
+        calls.append(2)
+        return linear_forward(self, v)
+
+    monkeypatch.setattr(nn.Linear, "forward", traced)
+    nn.Sequential(nn.Linear(4, 3, rng=0), nn.ReLU(), nn.Linear(3, 2, rng=1))(x)
+    assert calls == [1, 2, 1, 2]  # Linear, ReLU (still patched), Linear: nothing fused
+
+
+def test_conv_layers_take_an_empty_batch(rng):
+    for layer in (nn.Conv2d(2, 3, 3, padding=1, rng=0), nn.Conv2d(2, 4, 3, stride=2, groups=2, rng=0),
+                  nn.SparseConv2d(2, 3, 3, density=0.5, rng=0)):
+        y = layer(np.zeros((0, 2, 5, 5), np.float32))
+        assert y.shape[0] == 0 and y.dtype == np.float32
+        assert layer.backward(np.zeros(y.shape, np.float32)).shape == (0, 2, 5, 5)
+        np.testing.assert_array_equal(layer.weight.grad, 0)
 
 
 def test_sparse_linear_relu_matches_relu_of_sparse_linear(rng):
