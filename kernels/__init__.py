@@ -178,7 +178,7 @@ def sddmm(indptr, indices, g, x, *, bias_grad=False):
     gp = _pack(g, g.dtype, lanes)
     xp = _pack(x, g.dtype, lanes)
     _csr.sddmm_tiled(indptr, _unsigned(indices), gp, xp, _blocks(n_row, 4 * numba.get_num_threads()), out)
-    return (out, g.sum(axis=0)) if bias_grad else out
+    return (out, batch_sum(g)) if bias_grad else out
 
 
 def csr_transpose(n_col, indptr, indices):

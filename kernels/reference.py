@@ -272,12 +272,12 @@ def dropout(x, p, seed):
     (c % Q, r % 2**32, r // 2**32, 0) under key (seed % 2**32, seed // 2**32) is
     >= ceil(p * 2**32)."""
     x = np.asarray(x)
-    rows = x.shape[0] if x.ndim else 1
-    cols = x.size // rows if rows else 0
+    if x.size == 0:
+        return x.copy()
+    cols = x.size // (x.shape[0] if x.ndim else 1)
     quarter = -(-cols // 4)
-    r, c = np.divmod(np.arange(rows * cols), cols) if cols else (np.zeros(0, int), np.zeros(0, int))
-    words = philox4x32([c % quarter if cols else c, r % 2**32, r // 2**32, np.zeros_like(r)],
-                       (seed % 2**32, seed // 2**32))
-    keep = words[c // quarter if cols else c, np.arange(r.size)].astype(np.int64) >= math.ceil(p * 2**32)
+    r, c = np.divmod(np.arange(x.size), cols)
+    words = philox4x32([c % quarter, r % 2**32, r // 2**32, np.zeros_like(r)], (seed % 2**32, seed // 2**32))
+    keep = words[c // quarter, np.arange(r.size)].astype(np.int64) >= math.ceil(p * 2**32)
     scale = x.dtype.type(1 / (1 - p)) if p < 1 else x.dtype.type(0)
     return np.where(keep.reshape(x.shape), x * scale, x.dtype.type(0)).astype(x.dtype)

@@ -7,12 +7,18 @@ from .._validation import as_float_array
 __all__ = ["dropout", "dropout_backward"]
 
 
-def _check(p, seed):
+def check_probability(p):
+    """``p`` as a float in [0, 1], or ValueError (PyTorch's message)."""
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p!r}")
+    return float(p)
+
+
+def _check(p, seed):
+    p = check_probability(p)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
         raise ValueError(f"seed must be an integer in [0, 2**64); got {seed!r}")
-    return float(p), int(seed)
+    return p, int(seed)
 
 
 def dropout(x, p=0.5, *, seed):

@@ -1,10 +1,9 @@
 """Dropout and Flatten: shape and noise layers without parameters."""
-import numbers
-
 import numpy as np
 
 from .. import functional as F
 from .. import kernels
+from ..functional.dropout import check_probability
 from .._validation import as_float_array, check_random_state
 from .module import Module
 
@@ -38,9 +37,7 @@ class Dropout(Module):
 
     def __init__(self, p=0.5, *, rng=None):
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
-            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p!r}")
-        self.p = float(p)
+        self.p = check_probability(p)
         self.rng = check_random_state(rng)
 
     _supports_cuda = True
