@@ -51,12 +51,12 @@ def _kernels(fdt, idt):
     ivec = getattr(types, idt)[::1]
     vec, mat, anym, t4, b = f[::1], f[:, ::1], f[:, :], f[:, :, :, ::1], types.boolean
     return [
-        ("csr_spmm", csr.csr_spmm, (ivec, ivec, ivec, b, vec, mat, vec, b, b, mat)),
+        ("csr_spmm", csr.csr_spmm, (ivec, ivec, ivec, b, vec, mat, vec, b, b, b, mat, mat)),
         ("csr_sddmm", csr.csr_sddmm, (ivec, ivec, mat, mat, vec)),
         ("csr_sddmm_bias", csr.csr_sddmm_bias, (ivec, ivec, mat, mat, vec, vec)),
-        ("matmul", ops.matmul, (anym, anym, vec, b, b, mat)),
+        ("matmul", ops.matmul, (anym, anym, vec, b, b, b, mat, mat)),
         ("conv2d_fwd", conv.conv2d_fwd, (t4, mat, i, i, vec, b) + (i,) * 6 + (b, t4)),
-        ("conv2d_grad_input", conv.conv2d_grad_input, (t4, mat) + (i,) * 8 + (t4,)),
+        ("conv2d_grad_input", conv.conv2d_grad_input, (t4, mat) + (i,) * 8 + (b, t4, t4)),
         ("conv2d_grad_weight", conv.conv2d_grad_weight, (t4, t4) + (i,) * 9 + (f[:, :, ::1],)),
         ("sparse_conv2d_fwd", conv.sparse_conv2d_fwd, (t4, ivec, ivec, vec) + (i,) * 9 + (vec, t4)),
         ("sparse_conv2d_grad_input", conv.sparse_conv2d_grad_input, (t4, ivec, ivec, ivec, vec) + (i,) * 9 + (t4,)),

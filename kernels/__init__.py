@@ -146,19 +146,24 @@ def spmm(indptr, indices, data, x, bias=None, relu=False):
     return y
 
 
-def spmm_t(indptr, indices, data, n_col, g):
+def spmm_t(indptr, indices, data, n_col, g, gate=None):
     """grad_X = G W for dense G (B, n_row) and CSR W (n_row, n_col); returns (B, n_col), F-ordered.
 
+    With ``gate`` (B, n_col), the output of a ReLU whose result was W's input, returns
+    ``grad_X * (gate > 0)``: the gradient with respect to that ReLU's input, the ReLU's backward
+    applied as the product is stored (on the GPU, in the same kernel).
     Needs sorted column indices within each row (canonical CSR, checked upstream).
     """
-    if _on_cuda(indptr=indptr, indices=indices, data=data, g=g):
-        return _gpu().spmm_t(indptr, indices, data, n_col, g)
+    if _on_cuda(indptr=indptr, indices=indices, data=data, g=g, gate=gate):
+        return _gpu().spmm_t(indptr, indices, data, n_col, g, gate)
     gp = _pack(g, data.dtype, _lanes(data.dtype, g.shape[0]))
     out_t = np.empty((n_col, g.shape[0]), dtype=data.dtype)
     if gp.shape[0]:
         acc = np.empty((gp.shape[0], n_col, gp.shape[2]), dtype=data.dtype)
         per_tile = -(-numba.get_num_threads() // gp.shape[0])
         _csr.spmm_t_tiled(indptr, indices, data, gp, _blocks(n_col // 64, per_tile), acc, out_t)
+    if gate is not None:
+        np.multiply(out_t.T, gate > 0, out=out_t.T)  # activation_backward's g * (y > 0), in place
     return out_t.T
 
 
@@ -429,14 +434,17 @@ def conv2d(x, weight, bias, stride, padding, dilation, relu=False):
     return np.maximum(y, 0, out=y) if relu else y
 
 
-def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, need_weight=True):
-    """(grad_x or None, grad_weight or None) of :func:`conv2d` for grad_out ``g``."""
-    if _on_cuda(g=g, x=x, weight=weight):
-        return _gpu().conv2d_backward(g, x, weight, stride, padding, dilation, need_input, need_weight)
+def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, need_weight=True, gate=None):
+    """(grad_x or None, grad_weight or None) of :func:`conv2d` for grad_out ``g``; ``gate`` (x's
+    shape), a ReLU's output, multiplies grad_x by ``gate > 0`` (as in :func:`spmm_t`)."""
+    if _on_cuda(g=g, x=x, weight=weight, gate=gate):
+        return _gpu().conv2d_backward(g, x, weight, stride, padding, dilation, need_input, need_weight, gate)
     o, cg, kh, kw = weight.shape
     indptr, indices = _dense_pattern(o, cg * kh * kw)
     gx, gw = _conv_backward(g, x, indptr, indices, np.ascontiguousarray(weight).reshape(-1), (kh, kw), stride,
                             padding, dilation, x.shape[1] // cg, need_input, need_weight)
+    if gx is not None and gate is not None:
+        np.multiply(gx, gate > 0, out=gx)
     return gx, None if gw is None else gw.reshape(weight.shape)
 
 
@@ -940,17 +948,23 @@ def channel_sum(g):
     return g.sum(axis=(0, 2, 3))
 
 
-def matmul(a, b, *, transpose_a=False, transpose_b=False, bias=None, relu=False):
+def matmul(a, b, *, transpose_a=False, transpose_b=False, bias=None, relu=False, gate=None):
     """``op(a) @ op(b)`` (+ bias along the columns) for 2-D arrays, op = transpose where asked (a
     view, never a copy); on the GPU the product kernel adds the bias as it stores.  ``relu``:
-    max(., 0) of the result, as in :func:`conv2d`."""
-    if _on_cuda(a=a, b=b, bias=bias):
+    max(., 0) of the result, as in :func:`conv2d`.  ``gate``: a ReLU's output, of the result's
+    shape; the result is multiplied by ``gate > 0``, the ReLU's backward (as in :func:`spmm_t`)."""
+    if _on_cuda(a=a, b=b, bias=bias, gate=gate):
         kc = _gpu()
-        return kc.matmul(kc.transpose(a) if transpose_a else a, kc.transpose(b) if transpose_b else b, bias, relu)
+        return kc.matmul(kc.transpose(a) if transpose_a else a, kc.transpose(b) if transpose_b else b, bias, relu,
+                         gate)
     out = (a.T if transpose_a else a) @ (b.T if transpose_b else b)
     if bias is not None:
         out += bias
-    return np.maximum(out, 0, out=out) if relu else out
+    if relu:
+        np.maximum(out, 0, out=out)
+    if gate is not None:
+        np.multiply(out, gate > 0, out=out)
+    return out
 
 
 ACTIVATIONS = {"relu": 0, "leaky_relu": 1, "tanh": 2, "sigmoid": 3}  # codes of kernels/cuda/ops.py

@@ -14,3 +14,16 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 def rng(request):
     """A Generator seeded from the test's name: reproducible, different per test."""
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+def _assert_same_bits(a, b):
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, a.dtype, b.shape, b.dtype)
+    np.testing.assert_array_equal(a.view(f"u{a.dtype.itemsize}"), b.view(f"u{b.dtype.itemsize}"))
+
+
+@pytest.fixture
+def same_bits():
+    """``same_bits(a, b)`` asserts equal shapes, dtypes and bits of two host arrays (signed zeros
+    included, which assert_array_equal takes as equal): what a fused op must reproduce."""
+    return _assert_same_bits

@@ -230,7 +230,7 @@ def _epilogue_bias(bias, n, dtype):
     return bias
 
 
-def _launch_spmm(indptr, indices, perm, gather, data, x_t, out_t, bias=None, relu=False):
+def _launch_spmm(indptr, indices, perm, gather, data, x_t, out_t, bias=None, relu=False, gate_t=None):
     csr = _csr()
     n_row, batch = out_t.shape
     if n_row == 0 or batch == 0:
@@ -238,8 +238,9 @@ def _launch_spmm(indptr, indices, perm, gather, data, x_t, out_t, bias=None, rel
     block = (csr.WARP, csr.SPMM_WARPS)  # one warp per row, lanes along the batch
     grid = (math.ceil(n_row / csr.SPMM_WARPS), math.ceil(batch / csr.SPMM_BATCH_TILE))
     has_bias = bias is not None
+    gated = gate_t is not None
     csr.csr_spmm[grid, block](indptr, indices, perm, gather, data, x_t, bias if has_bias else data, has_bias,
-                              bool(relu), out_t)
+                              bool(relu), gated, gate_t if gated else out_t, out_t)
 
 
 def spmm(indptr, indices, data, x, bias=None, relu=False):
@@ -335,12 +336,14 @@ def dense_groups(x, taps=1, *, by_input):
     return hit
 
 
-def spmm_t(indptr, indices, data, n_col, g, *, pattern_t=None):
+def spmm_t(indptr, indices, data, n_col, g, gate=None, *, pattern_t=None):
     """grad_X = G W for device G (B, n_row) and device CSR W (n_row, n_col); returns (B, n_col).
 
     Runs the forward kernel over W's transposed pattern (``pattern_t``, default: the cached
     ``transpose_pattern``) and gathers W's values through its permutation: every output
     element has one writer, no atomics, deterministic.  Result F-ordered like ``spmm``.
+    With ``gate`` (B, n_col), the output of a ReLU, returns ``grad_X * (gate > 0)``, that
+    ReLU's backward applied as the kernel stores (an F-ordered gate is read in place).
     """
     indptr, indices = _pattern(indptr, indices)
     data = as_device_array(data, "data")
@@ -355,7 +358,14 @@ def spmm_t(indptr, indices, data, n_col, g, *, pattern_t=None):
     g_t = feature_major(g, "g")
     _same_dtype(data=data, g=g_t)
     out_t = empty((n_col, g_t.shape[1]), data.dtype)
-    _launch_spmm(indptr_t, indices_t, perm, True, data, g_t, out_t)
+    gate_t = None
+    if gate is not None:
+        gate_t = feature_major(gate, "gate")
+        _same_dtype(data=data, gate=gate_t)
+        if tuple(gate_t.shape) != tuple(out_t.shape):
+            raise ValueError(f"gate must have the input gradient's shape (B, n_col) = {(out_t.shape[1], n_col)}; "
+                             f"got {(gate_t.shape[1], gate_t.shape[0])}")
+    _launch_spmm(indptr_t, indices_t, perm, True, data, g_t, out_t, gate_t=gate_t)
     return _transposed_view(out_t)
 
 
@@ -537,20 +547,28 @@ def _flat_filters(weight):
     return contiguous(weight, "weight").reshape(o, c_g * kh * kw)
 
 
-def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, need_weight=True):
-    """(grad_x or None, grad_weight or None) of :func:`conv2d`, on the device."""
+def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, need_weight=True, gate=None):
+    """(grad_x or None, grad_weight or None) of :func:`conv2d`, on the device; with ``gate``
+    (x's shape, a ReLU's output) grad_x times ``gate > 0``, in the same kernel (a gate that is
+    not C-ordered is copied first)."""
     conv = _conv()
     g, x, weight = _nchw(g, "g"), _nchw(x, "x"), _nchw(weight, "weight")
     o, c_g, kh, kw = weight.shape
     _check_grad_out(g, x, o, (kh, kw), stride, padding, dilation)
     grad_x = grad_w = None
     if need_input:
+        gated = gate is not None
+        if gated:
+            gate = contiguous(_nchw(gate, "gate"), "gate")  # one layout: one compiled kernel
+            _same_dtype(x=x, gate=gate)
+            if tuple(gate.shape) != tuple(x.shape):
+                raise ValueError(f"gate must have x's shape {tuple(x.shape)}; got {tuple(gate.shape)}")
         grad_x = empty(x.shape, x.dtype)
         if grad_x.size:
             n, c, h, w = x.shape
             grid, block = _gemm_grid(n * h * w, c_g, c // c_g)
             conv.conv2d_grad_input[grid, block](g, _flat_filters(weight), kh, kw, *stride, *padding, *dilation,
-                                                grad_x)
+                                                gated, gate if gated else grad_x, grad_x)
     if need_weight:
         grad_w = empty(weight.shape, x.dtype)
         if grad_w.size:
@@ -1074,10 +1092,12 @@ def batch_sum(g):
     return out
 
 
-def matmul(a, b, bias=None, relu=False):
+def matmul(a, b, bias=None, relu=False, gate=None):
     """a @ b (+ bias (N,), added by the kernel as it stores; with ``relu`` max(., 0) of it) for
     2-D device arrays of any strides (pass transposes as :func:`transpose` views, not
-    ``DeviceNDArray.T``, which copies); C-ordered result."""
+    ``DeviceNDArray.T``, which copies); C-ordered result.  With ``gate`` (M, N), a ReLU's
+    output, the result times ``gate > 0`` (that ReLU's backward, in the same store; a gate
+    that is not C-ordered is copied first)."""
     ops = _ops()
     a, b = as_device_array(a, "a"), as_device_array(b, "b")
     _same_dtype(a=a, b=b)
@@ -1085,17 +1105,23 @@ def matmul(a, b, bias=None, relu=False):
         raise ValueError(f"matmul: inner dimensions differ: {tuple(a.shape)} @ {tuple(b.shape)}")
     bias = _epilogue_bias(bias, b.shape[1], a.dtype)
     out = empty((a.shape[0], b.shape[1]), a.dtype)
+    if gate is not None:
+        gate = contiguous(gate, "gate")  # one layout: one compiled kernel
+        _same_dtype(a=a, gate=gate)
+        if tuple(gate.shape) != tuple(out.shape):
+            raise ValueError(f"gate must have the product's shape {tuple(out.shape)}; got {tuple(gate.shape)}")
     if out.size == 0:
         return out
     if a.shape[1] == 0:
         out = zeros(out.shape, out.dtype)
         out = out if bias is None else bias_add_(out, bias)
-        return activation(_ops().RELU, 0.0, out) if relu else out
+        out = activation(_ops().RELU, 0.0, out) if relu else out
+        return out if gate is None else activation_backward(_ops().RELU, 0.0, gate, out)
     # Row tiles (the batch, possibly large) on grid x, whose limit is 2**31 - 1 (y's is 65,535).
     grid = (math.ceil(out.shape[0] / ops.MM_TILE), math.ceil(out.shape[1] / ops.MM_TILE))
-    has_bias = bias is not None
+    has_bias, gated = bias is not None, gate is not None
     ops.matmul[grid, (ops.MM_THREADS, ops.MM_THREADS)](a, b, bias if has_bias else out.reshape(out.size), has_bias,
-                                                       bool(relu), out)
+                                                       bool(relu), gated, gate if gated else out, out)
     return out
 
 

@@ -188,12 +188,15 @@ def _output_reading(pos, pad, tap, dil, stride, n_out):
 
 
 @cuda.jit
-def conv2d_grad_input(g, weight, kh, kw, sh, sw, ph, pw, dh, dw, gx):
+def conv2d_grad_input(g, weight, kh, kw, sh, sw, ph, pw, dh, dw, gated, gate, gx):
     """gx[n, c, a, b] = sum over o in c's group and taps (p, q) with a = r*sh - ph + p*dh,
     b = j*sw - pw + q*dw of weight[o, c - c0, p, q] * g[n, o, r, j].
 
     g (N, O, OH, OW); weight (O, C/groups*KH*KW), the filters flattened (a free view); gx (N, C,
-    H, W) preallocated and overwritten.
+    H, W) preallocated and overwritten.  With ``gated`` each element is stored times
+    ``1 if gate[n, c, a, b] > 0 else 0`` (the ReLU backward kernel's expression), gate (N, C, H,
+    W) C-contiguous the output of the ReLU before the layer: its backward in the same store.
+    Without it gate is not read (pass gx).
 
     The forward's implicit GEMM transposed: per group, gx (C/groups, N*H*W) = weights^T
     (C/groups, O/groups*KH*KW) @ gathered g, where the row k = (o, p, q) of the gathered matrix
@@ -269,7 +272,10 @@ def conv2d_grad_input(g, weight, kh, kw, sh, sw, ph, pw, dh, dw, gx):
             for i in range(GEMM_REG):
                 c = c0 + ty + i * GEMM_THREADS
                 if c < c_g:
-                    gx[n_s, c_first + c, a, b] = acc[i, j]
+                    v = acc[i, j]
+                    if gated:
+                        v *= gx.dtype.type(1) if gate[n_s, c_first + c, a, b] > zero else zero
+                    gx[n_s, c_first + c, a, b] = v
 
 
 @cuda.jit(device=True, inline="always")

@@ -54,7 +54,7 @@ FILL_MAX_BLOCKS = 4096
 
 
 @cuda.jit
-def csr_spmm(indptr, indices, perm, gather, data, x_t, bias, has_bias, relu, out_t):
+def csr_spmm(indptr, indices, perm, gather, data, x_t, bias, has_bias, relu, gated, gate_t, out_t):
     """out_t[i, :] = sum_k data[src(k)] * x_t[indices[k], :] (+ bias[i]) over row i's stored entries.
 
     ``src(k) = perm[k]`` when ``gather`` else ``k``: with the transposed pattern of W and its
@@ -65,7 +65,11 @@ def csr_spmm(indptr, indices, perm, gather, data, x_t, bias, has_bias, relu, out
     kernel a launch and a pass over the output; the sum is the same, acc + bias); without it
     ``bias`` is not read (pass ``data``).  With ``relu`` each output is then stored as
     ``v if v > 0 else 0``, the ReLU kernel's expression: a sparse layer followed by a ReLU in a
-    ``Sequential`` costs one launch and one output array.
+    ``Sequential`` costs one launch and one output array.  With ``gated`` each output is stored
+    times ``1 if gate_t[i, b] > 0 else 0``, the ReLU backward kernel's expression, with gate_t
+    (n_row, B) C-contiguous the output of that ReLU: the input gradient of a layer after a ReLU
+    comes out as the gradient of the ReLU's input, in one launch; without it ``gate_t`` is not
+    read (pass ``out_t``).
 
     indptr (n_row+1,) int32|int64, indices (nnz,), data (nnz,), x_t (n_col, B) C-contiguous;
     out_t (n_row, B) is preallocated and overwritten (empty rows give zeros).  O(B * nnz).
@@ -170,6 +174,12 @@ def csr_spmm(indptr, indices, perm, gather, data, x_t, bias, has_bias, relu, out
             acc1 = acc1 if acc1 > zero else zero
             acc2 = acc2 if acc2 > zero else zero
             acc3 = acc3 if acc3 > zero else zero
+        if gated:  # d0..d3: in-range columns; those a lane does not own are not stored
+            one = out_t.dtype.type(1)
+            acc0 *= one if gate_t[row, d0] > zero else zero
+            acc1 *= one if gate_t[row, d1] > zero else zero
+            acc2 *= one if gate_t[row, d2] > zero else zero
+            acc3 *= one if gate_t[row, d3] > zero else zero
         b1 = b0 + WARP
         b2 = b1 + WARP
         b3 = b2 + WARP

@@ -280,10 +280,13 @@ def batch_sum(g, out):
 
 
 @cuda.jit
-def matmul(a, b, bias, has_bias, relu, out):
+def matmul(a, b, bias, has_bias, relu, gated, gate, out):
     """out = a @ b (+ bias) for a (M, K), b (K, N) of any strides (transposes are views); out
     (M, N); with ``has_bias`` bias (N,) is added as out is stored (else not read), and with
     ``relu`` the stored value is ``v if v > 0 else 0`` (a Linear then ReLU is one launch).
+    With ``gated`` it is ``v * (1 if gate[i, j] > 0 else 0)``, the ReLU backward kernel's
+    expression, gate (M, N) C-contiguous a ReLU's output (the input gradient of a Linear after
+    a ReLU comes out through the ReLU's backward); without it gate is not read (pass out).
 
     Shared-memory tiles with register blocking: a block stages an MM_TILE x MM_TILE_K tile of a
     (transposed, k-major) and an MM_TILE_K x MM_TILE tile of b per step of K, and each thread
@@ -305,6 +308,7 @@ def matmul(a, b, bias, has_bias, relu, out):
     j0 = cuda.blockIdx.y * MM_TILE
     n_m, n_k, n_n = a.shape[0], a.shape[1], b.shape[1]
     zero = out.dtype.type(0)
+    one = out.dtype.type(1)
     fill_tile(acc, MM_REG, zero)
     for k0 in range(0, n_k, MM_TILE_K):
         cuda.syncthreads()  # the previous tiles have been read by every thread
@@ -328,7 +332,11 @@ def matmul(a, b, bias, has_bias, relu, out):
             j = j0 + tx + c * MM_THREADS
             if i < n_m and j < n_n:
                 v = acc[r, c] + bias[j] if has_bias else acc[r, c]
-                out[i, j] = (v if v > zero else zero) if relu else v
+                if relu:
+                    v = v if v > zero else zero
+                if gated:
+                    v *= one if gate[i, j] > zero else zero
+                out[i, j] = v
 
 
 @cuda.jit

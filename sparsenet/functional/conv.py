@@ -166,7 +166,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, r
     return kernels.conv2d(x, weight, bias, stride, padding, dilation, relu=relu)
 
 
-def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1, *, need_input=True):
+def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1, *, need_input=True,
+                    relu_output=None):
     """Gradients of :func:`conv2d` with respect to x, weight and bias.
 
     Parameters
@@ -179,6 +180,10 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
         As in the forward call.
     need_input : bool, default True
         False skips the input gradient (a first layer's, which training never uses).
+    relu_output : ndarray, shape (N, C, H, W), optional
+        When x came out of a ReLU, that ReLU's output: ``grad_x`` is then multiplied by
+        ``relu_output > 0``, the ReLU's backward, as it is computed (one kernel on the GPU).
+        Not read when ``need_input`` is False.
 
     Returns
     -------
@@ -201,7 +206,12 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
     """
     x, weight, stride, padding, dilation, out_hw = _check_dense_conv(x, weight, stride, padding, dilation, groups)
     g = _check_grad_out(grad_out, (x.shape[0], weight.shape[0]) + out_hw, weight.dtype)
-    grad_x, grad_w = kernels.conv2d_backward(g, x, weight, stride, padding, dilation, need_input)
+    gate = None
+    if need_input and relu_output is not None:
+        gate = _check_input(relu_output, "relu_output", weight.dtype)
+        if tuple(gate.shape) != tuple(x.shape):
+            raise ValueError(f"relu_output must have x's shape {tuple(x.shape)}; got {tuple(gate.shape)}")
+    grad_x, grad_w = kernels.conv2d_backward(g, x, weight, stride, padding, dilation, need_input, gate=gate)
     return grad_x, grad_w, kernels.channel_sum(g)
 
 

@@ -57,6 +57,15 @@ def _check_backward_args(grad_out, x, out_features, in_features, dtype):
     return g2, x2
 
 
+def _check_relu_output(relu_output, x, in_features, dtype):
+    """The 2-D gate of a fused ReLU backward (None passes through); x's shape is required."""
+    if relu_output is None:
+        return None
+    if _shape(relu_output) != _shape(x):
+        raise ValueError(f"relu_output must have x's shape {_shape(x)}; got {_shape(relu_output)}")
+    return _as_batch(relu_output, "relu_output", in_features, dtype, "in_features")
+
+
 def sparse_linear(x, weight, bias=None, *, relu=False):
     """y = x @ weight.T + bias with a CSR weight.
 
@@ -98,7 +107,7 @@ def sparse_linear(x, weight, bias=None, *, relu=False):
     return _reshape(y, _shape(x)[:-1] + (out_features,))
 
 
-def sparse_linear_backward(grad_out, x, weight, *, need_input=True):
+def sparse_linear_backward(grad_out, x, weight, *, need_input=True, relu_output=None):
     """Gradients of :func:`sparse_linear` with respect to x, weight and bias.
 
     Parameters
@@ -110,6 +119,10 @@ def sparse_linear_backward(grad_out, x, weight, *, need_input=True):
     need_input : bool, default True
         False skips the input gradient (a first layer's, which training never uses): one
         transposed product fewer.
+    relu_output : ndarray, shape (*, in_features), optional
+        When x came out of a ReLU, that ReLU's output (x itself, or what the ReLU kept):
+        ``grad_x`` is then multiplied by ``relu_output > 0``, the ReLU's backward, as it is
+        computed (one kernel on the GPU instead of two).  Not read when ``need_input`` is False.
 
     Returns
     -------
@@ -124,8 +137,9 @@ def sparse_linear_backward(grad_out, x, weight, *, need_input=True):
     g2, x2 = _check_backward_args(grad_out, x, out_features, in_features, weight.dtype)
     if not need_input:
         return (None,) + kernels.sddmm(weight.indptr, weight.indices, g2, x2, bias_grad=True)
+    gate = _check_relu_output(relu_output, x, in_features, weight.dtype)
     g2 = kernels.product_operand(g2)  # feeds two products: lay it out once
-    grad_x = kernels.spmm_t(weight.indptr, weight.indices, weight.data, in_features, g2)
+    grad_x = kernels.spmm_t(weight.indptr, weight.indices, weight.data, in_features, g2, gate)
     grad_weight, grad_bias = kernels.sddmm(weight.indptr, weight.indices, g2, x2, bias_grad=True)
     return _reshape(grad_x, _shape(x)), grad_weight, grad_bias
 
@@ -155,11 +169,15 @@ def linear(x, weight, bias=None, *, relu=False):
     return _reshape(y, _shape(x)[:-1] + (out_features,))
 
 
-def linear_backward(grad_out, x, weight, *, need_input=True):
+def linear_backward(grad_out, x, weight, *, need_input=True, relu_output=None):
     """Gradients of :func:`linear`: ``(grad_x, grad_weight (out, in), grad_bias (out,))``;
-    ``grad_x`` is None with ``need_input=False``, as in :func:`sparse_linear_backward`."""
+    ``grad_x`` is None with ``need_input=False``, and ``relu_output`` gates it, as in
+    :func:`sparse_linear_backward`."""
     weight = _check_dense_weight(weight)
     out_features, in_features = weight.shape
     g2, x2 = _check_backward_args(grad_out, x, out_features, in_features, weight.dtype)
-    grad_x = _reshape(kernels.matmul(g2, weight), _shape(x)) if need_input else None
+    grad_x = None
+    if need_input:
+        gate = _check_relu_output(relu_output, x, in_features, weight.dtype)
+        grad_x = _reshape(kernels.matmul(g2, weight, gate=gate), _shape(x))
     return grad_x, kernels.matmul(g2, x2, transpose_a=True), kernels.batch_sum(g2)

@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import kernels
 from .._validation import as_float_array
-from .module import Module, fusable_forward
+from .module import Module, fusable_backward, fusable_forward
 
 __all__ = ["ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Softmax"]
 
@@ -44,6 +44,7 @@ class ReLU(Module):
         self._save(y)
         return y
 
+    @fusable_backward
     def backward(self, grad_out):
         y = self._saved()
         return kernels.activation_backward("relu", y, _check_grad(grad_out, y.shape))

@@ -9,7 +9,7 @@ import numpy as np
 from .. import functional as F
 from .._validation import check_random_state, float_dtype
 from . import init
-from .module import Parameter, _WeightedLayer, fusable_forward
+from .module import Parameter, _WeightedLayer, fusable_backward, fusable_forward
 
 __all__ = ["Conv2d", "SparseConv2d", "LocallyConnected2d"]
 
@@ -112,10 +112,11 @@ class Conv2d(_ConvBase):
         self._save(x)
         return y
 
-    def _backward(self, grad_out, need_input):
+    @fusable_backward
+    def _backward(self, grad_out, need_input, relu_output=None):
         x = self._saved()
         grad_x, grad_w, grad_b = F.conv2d_backward(grad_out, x, self.weight.data, **self._geometry(),
-                                                   need_input=need_input)
+                                                   need_input=need_input, relu_output=relu_output)
         self.weight.accumulate_grad(grad_w, owned=True)
         if self.bias is not None:
             self.bias.accumulate_grad(grad_b, owned=True)

@@ -8,7 +8,7 @@ from .. import kernels
 from .._validation import check_random_state, float_dtype
 from ..csr import CSRMatrix
 from . import init
-from .module import Parameter, _WeightedLayer, fusable_forward
+from .module import Parameter, _WeightedLayer, fusable_backward, fusable_forward
 
 __all__ = ["Linear", "SparseLinear"]
 
@@ -65,9 +65,11 @@ class Linear(_WeightedLayer):
         self._save(x)
         return y
 
-    def _backward(self, grad_out, need_input):
+    @fusable_backward
+    def _backward(self, grad_out, need_input, relu_output=None):
         x = self._saved()
-        grad_x, grad_w, grad_b = F.linear_backward(grad_out, x, self.weight.data, need_input=need_input)
+        grad_x, grad_w, grad_b = F.linear_backward(grad_out, x, self.weight.data, need_input=need_input,
+                                                   relu_output=relu_output)
         self.weight.accumulate_grad(grad_w, owned=True)
         if self.bias is not None:
             self.bias.accumulate_grad(grad_b, owned=True)
@@ -157,11 +159,13 @@ class SparseLinear(_WeightedLayer):
         self._save((x, self.weight.csr))
         return y
 
-    def _backward(self, grad_out, need_input):
+    @fusable_backward
+    def _backward(self, grad_out, need_input, relu_output=None):
         x, w = self._saved()
         if w is not self.weight.csr:
             raise RuntimeError("the sparsity pattern changed between forward and backward; run forward again")
-        grad_x, grad_w, grad_b = F.sparse_linear_backward(grad_out, x, w, need_input=need_input)
+        grad_x, grad_w, grad_b = F.sparse_linear_backward(grad_out, x, w, need_input=need_input,
+                                                          relu_output=relu_output)
         self.weight.accumulate_grad(grad_w, owned=True)
         if self.bias is not None:
             self.bias.accumulate_grad(grad_b, owned=True)

@@ -622,12 +622,20 @@ class _WeightedLayer(Module):
 
 
 _FUSABLE_FORWARDS = set()  # the functions themselves: a functools.wraps wrapper is not one of them
+_FUSABLE_BACKWARDS = set()
 
 
 def fusable_forward(forward):
     """Register a layer class's own ``forward`` as one :class:`Sequential` may fuse (see _fusable)."""
     _FUSABLE_FORWARDS.add(forward)
     return forward
+
+
+def fusable_backward(backward):
+    """Register ReLU's ``backward``, or a weighted layer's ``_backward`` taking ``relu_output=``,
+    as one :class:`Sequential` may fuse (see _fusable_backward)."""
+    _FUSABLE_BACKWARDS.add(backward)
+    return backward
 
 
 def _fusable(layer, nxt):
@@ -642,6 +650,35 @@ def _fusable(layer, nxt):
 
     return ("_forward_fused" in type(layer).__dict__ and type(nxt).__dict__.get("_fusable_activation") == "relu"
             and plain(layer) and plain(nxt))
+
+
+def _fusable_backward(relu, layer):
+    """Whether ``layer``'s input gradient can come out already through ``relu``'s backward
+    (``relu`` the module before it): the marked functions themselves, on the class and not
+    replaced on the instance (a recorder must see its call), the layer's ``backward`` the
+    plain ``_WeightedLayer`` one.  The gate is the ReLU's own saved output, so what ran between
+    the two forwards does not matter."""
+    def plain(m, name):
+        return getattr(type(m), name, None) in _FUSABLE_BACKWARDS and name not in m.__dict__
+
+    return (plain(relu, "backward") and plain(layer, "_backward")
+            and type(layer).backward is _WeightedLayer.backward and "backward" not in layer.__dict__)
+
+
+def _backward_chain(layers, grad_out):
+    """Backward through ``layers`` in reverse; a layer after a ReLU applies that ReLU's
+    backward as it computes its input gradient when it can (_fusable_backward)."""
+    i = len(layers) - 1
+    while i >= 0:
+        relu = layers[i - 1] if i > 0 else None
+        if relu is not None and relu._ctx is not None and _fusable_backward(relu, layers[i]):
+            grad_out = layers[i]._backward(grad_out, need_input=True, relu_output=relu._ctx)
+            relu._drop_saved()  # consumed, as its own backward would have
+            i -= 2
+        else:
+            grad_out = layers[i].backward(grad_out)
+            i -= 1
+    return grad_out
 
 
 class Sequential(Module):
@@ -709,15 +746,12 @@ class Sequential(Module):
         return x
 
     def backward(self, grad_out):
-        for layer in reversed(list(self._modules.values())):
-            grad_out = layer.backward(grad_out)
-        return grad_out
+        return _backward_chain(list(self._modules.values()), grad_out)
 
     def backward_params(self, grad_out):
         layers = list(self._modules.values())
         first = next((i for i, layer in enumerate(layers) if layer.parameters()), len(layers))
-        for layer in reversed(layers[first + 1:]):
-            grad_out = layer.backward(grad_out)
+        grad_out = _backward_chain(layers[first + 1:], grad_out)
         if first < len(layers):
             layers[first].backward_params(grad_out)
         for layer in layers[:first]:  # parameter-free layers before it: their gradients feed nothing

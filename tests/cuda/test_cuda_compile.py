@@ -64,7 +64,7 @@ def test_csr_kernels_compile(compile_ptx, fdt, idt):
     vec, mat = f[::1], f[:, ::1]
     ivec = i[::1]
     sigs = {
-        "csr_spmm": (csr.csr_spmm, (ivec, ivec, ivec, types.boolean, vec, mat, vec, types.boolean, types.boolean, mat)),
+        "csr_spmm": (csr.csr_spmm, (ivec, ivec, ivec, types.boolean, vec, mat, vec) + (types.boolean,) * 3 + (mat, mat)),
         "csr_sddmm": (csr.csr_sddmm, (ivec, ivec, mat, mat, vec)),
         "csr_sddmm_bias": (csr.csr_sddmm_bias, (ivec, ivec, mat, mat, vec, vec)),
         "transpose_2d": (csr.transpose_2d, (f[:, :], mat)),
@@ -106,7 +106,7 @@ def test_conv_pool_kernels_compile(compile_ptx, fdt):
     t4, vec, i = f[:, :, :, ::1], f[::1], types.int64
     sigs = {
         "conv2d_fwd": (conv.conv2d_fwd, (t4, f[:, ::1], i, i, vec, types.boolean) + (i,) * 6 + (types.boolean, t4)),
-        "conv2d_grad_input": (conv.conv2d_grad_input, (t4, f[:, ::1]) + (i,) * 8 + (t4,)),
+        "conv2d_grad_input": (conv.conv2d_grad_input, (t4, f[:, ::1]) + (i,) * 8 + (types.boolean, t4, t4)),
         "conv2d_grad_weight": (conv.conv2d_grad_weight, (t4, t4) + (i,) * 9 + (f[:, :, ::1],)),
         "split_sum": (conv.split_sum, (f[:, ::1], vec)),
         "channel_sum": (conv.channel_sum, (t4, vec)),
@@ -151,7 +151,7 @@ def test_sparse_conv_and_training_step_kernels_compile(compile_ptx, fdt, idt):
         "kl_code_grad_add": (ops.kl_code_grad_add, (types.float64,) * 3 + (vec, anym, types.boolean)),
         "l1_code_grad_add": (ops.l1_code_grad_add, (types.float64, anym, anym, types.boolean)),
         "batch_sum": (ops.batch_sum, (anym, vec)),
-        "matmul": (ops.matmul, (anym, anym, vec, types.boolean, types.boolean, mat)),
+        "matmul": (ops.matmul, (anym, anym, vec) + (types.boolean,) * 3 + (mat, mat)),
         "copy_2d": (ops.copy_2d, (anym, mat)),
         "take_rows": (ops.take_rows, (mat, types.int64[::1], mat)),
         "copy_4d": (ops.copy_4d, (f[:, :, :, :], t4)),

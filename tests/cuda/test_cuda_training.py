@@ -103,7 +103,7 @@ FUSED_MODELS = {  # name: (factory, input shape, output shape)
 
 @pytest.mark.parametrize("dtype", [np.float32, F64])
 @pytest.mark.parametrize("name", list(FUSED_MODELS))
-def test_fused_relu_on_device_is_the_unfused_pair(rng, monkeypatch, name, dtype):
+def test_fused_relu_on_device_is_the_unfused_pair(rng, monkeypatch, same_bits, name, dtype):
     """On the device the ReLU after a SparseLinear, Linear or Conv2d is applied by the product
     kernel as it stores: no activation launch, and bit for bit the unfused pair's outputs and
     gradients."""
@@ -116,21 +116,25 @@ def test_fused_relu_on_device_is_the_unfused_pair(rng, monkeypatch, name, dtype)
 
     fused, plain = model(), model()
     for layer in plain:
-        object.__setattr__(layer, "forward", layer.forward)  # replaced forwards: no fusion
+        object.__setattr__(layer, "forward", layer.forward)  # replaced forwards and backwards: no fusion
+        object.__setattr__(layer, "backward", layer.backward)
     x = _dev(rng.standard_normal(in_shape).astype(dtype))
     g = _dev(rng.standard_normal(out_shape).astype(dtype))
     assert (_host(plain[1](plain[0](x))) == 0).any()  # the hidden ReLU has work to do
     y_plain = _host(plain(x))
-    plain.backward(g)
+    gx_plain = _host(plain.backward(g))
     launches = []
-    activation = kc.activation
+    activation, activation_backward = kc.activation, kc.activation_backward
     monkeypatch.setattr(kc, "activation", lambda *a: launches.append(a[0]) or activation(*a))
     y = _host(fused(x))
     assert launches == []
     np.testing.assert_array_equal(y, y_plain)
-    fused.backward(g)
+    monkeypatch.setattr(kc, "activation_backward", lambda *a: launches.append(a[0]) or activation_backward(*a))
+    gx = _host(fused.backward(g))
+    assert launches == []  # the hidden ReLU's backward came from the next layer's input gradient
+    same_bits(gx, gx_plain)
     for p, q in zip(plain.parameters(), fused.parameters()):
-        np.testing.assert_array_equal(_host(q.grad), _host(p.grad))
+        same_bits(_host(q.grad), _host(p.grad))
 
 
 def test_gradients_accumulate_on_device(rng):

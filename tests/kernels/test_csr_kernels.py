@@ -35,6 +35,11 @@ def check_all(indptr, indices, data, shape, x, g, dtype):
     gx = K.spmm_t(indptr, indices, data, shape[1], g)
     assert gx.shape == x.shape and gx.dtype == dtype
     np.testing.assert_allclose(gx, ref.spmm_t(indptr, indices, data, shape, g), **tol)
+    gate = np.maximum(x, 0)  # a ReLU's output: its backward applied by the product, bitwise the separate pass
+    gated = K.spmm_t(indptr, indices, data, shape[1], g, gate)
+    separate = K.activation_backward("relu", gate, gx)
+    np.testing.assert_array_equal(gated, separate)
+    np.testing.assert_array_equal(np.signbit(gated), np.signbit(separate))  # -0 where a negative was gated
     gw = K.sddmm(indptr, indices, g, x)
     assert gw.shape == data.shape and gw.dtype == dtype
     np.testing.assert_allclose(gw, ref.sddmm(indptr, indices, shape, g, x), **tol)

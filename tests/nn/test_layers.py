@@ -326,10 +326,12 @@ def test_backward_params_respects_a_subclass_backward(rng):
 
 
 def _unfused(model):
-    """The same model with every forward replaced on the instance: Sequential then fuses nothing."""
+    """The same model with every forward and backward replaced on the instance: Sequential then
+    fuses nothing."""
     for layer in model.modules():
         if not isinstance(layer, nn.Sequential):
             object.__setattr__(layer, "forward", layer.forward)
+            object.__setattr__(layer, "backward", layer.backward)
     return model
 
 
@@ -348,10 +350,11 @@ FUSED_MODELS = {  # name: (factory(dtype), input shape, output shape)
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", list(FUSED_MODELS))
-def test_sequential_fuses_a_product_and_relu(rng, monkeypatch, name, dtype):
+def test_sequential_fuses_a_product_and_relu(rng, monkeypatch, same_bits, name, dtype):
     """SparseLinear, Linear or Conv2d then ReLU in a Sequential: the ReLU applied as the product
-    stores its output (no activation pass), bit for bit the unfused outputs and gradients
-    (backward unchanged)."""
+    stores its output (no activation pass), and a ReLU's backward applied as the next layer
+    stores its input gradient; bit for bit (signed zeros included) the unfused outputs and
+    gradients."""
     from sparsenet import kernels
 
     make, in_shape, out_shape = FUSED_MODELS[name]
@@ -369,10 +372,20 @@ def test_sequential_fuses_a_product_and_relu(rng, monkeypatch, name, dtype):
     y = fused(x)
     assert activations == []  # both ReLUs came from the products
     np.testing.assert_array_equal(y, y_plain)
-    np.testing.assert_array_equal(fused.backward(g), plain.backward(g))
+    backwards = []
+    activation_backward = kernels.activation_backward
+    monkeypatch.setattr(kernels, "activation_backward",
+                        lambda *a, **k: backwards.append(a[0]) or activation_backward(*a, **k))
+    gx_plain = plain.backward(g)
+    assert len(backwards) == sum(isinstance(m, nn.ReLU) for m in plain)
+    del backwards[:]
+    same_bits(fused.backward(g), gx_plain)
+    # A ReLU followed by a layer came from that layer's input gradient; a trailing one (as in
+    # "conv") has no layer after it and runs as before.
+    assert backwards == (["relu"] if isinstance(fused[len(fused) - 1], nn.ReLU) else [])
     for p, q in zip(plain.parameters(), fused.parameters()):
-        np.testing.assert_array_equal(q.grad, p.grad)
-    assert fused[1]._ctx is None  # the fused ReLU's context was consumed by its backward
+        same_bits(q.grad, p.grad)
+    assert all(m._ctx is None for m in fused)  # every context consumed by the backward
 
 
 def test_fusion_leaves_subclasses_and_wrapped_layers_alone(rng, monkeypatch):
@@ -426,3 +439,88 @@ def test_sparse_linear_relu_matches_relu_of_sparse_linear(rng):
     x = rng.standard_normal((4, 6)).astype(np.float32)
     b = rng.standard_normal(5).astype(np.float32)
     np.testing.assert_array_equal(F.sparse_linear(x, w, b, relu=True), np.maximum(F.sparse_linear(x, w, b), 0))
+
+
+def test_backward_fusion_leaves_replaced_backwards_alone(rng, monkeypatch):
+    """A layer or ReLU whose backward is replaced on the instance (RigL's recorder), patched on
+    the class, or overridden by a subclass runs its own backward: the ReLU's backward is then
+    called as before, and the gradients are those of the unfused pair."""
+    from sparsenet import kernels
+
+    backwards = []
+    activation_backward = kernels.activation_backward
+    monkeypatch.setattr(kernels, "activation_backward",
+                        lambda *a, **k: backwards.append(a[0]) or activation_backward(*a, **k))
+
+    class MyLinear(nn.SparseLinear):
+        def _backward(self, grad_out, need_input, relu_output=None):
+            return super()._backward(grad_out, need_input, relu_output)
+
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    g = rng.standard_normal((3, 2)).astype(np.float32)
+
+    def run(model):
+        model(x)
+        return model.backward(g)
+
+    reference = run(nn.Sequential(nn.SparseLinear(4, 5, rng=0), nn.ReLU(), nn.SparseLinear(5, 2, rng=1)))
+    assert backwards == []
+    seen = []
+    wrapped = nn.SparseLinear(5, 2, rng=1)
+    object.__setattr__(wrapped, "backward", lambda v, _b=wrapped.backward: seen.append(1) or _b(v))
+    relu = nn.ReLU()
+    object.__setattr__(relu, "backward", lambda v, _b=relu.backward: seen.append(2) or _b(v))
+    for second, act in ((wrapped, nn.ReLU()), (nn.SparseLinear(5, 2, rng=1), relu),
+                        (MyLinear(5, 2, rng=1), nn.ReLU())):
+        np.testing.assert_array_equal(run(nn.Sequential(nn.SparseLinear(4, 5, rng=0), act, second)), reference)
+    assert seen == [1, 2] and backwards == ["relu"] * 3
+    relu_backward = nn.ReLU.backward
+    monkeypatch.setattr(nn.ReLU, "backward", lambda self, v: seen.append(3) or relu_backward(self, v))
+    np.testing.assert_array_equal(
+        run(nn.Sequential(nn.SparseLinear(4, 5, rng=0), nn.ReLU(), nn.SparseLinear(5, 2, rng=1))), reference)
+    assert seen == [1, 2, 3]
+
+
+def test_fused_backward_without_a_forward_raises_as_before():
+    """A ReLU with nothing saved is not fused: its own backward raises the usual error, after
+    the layer's (which ran, as unfused)."""
+    model = nn.Sequential(nn.SparseLinear(4, 5, rng=0), nn.ReLU(), nn.SparseLinear(5, 2, rng=1))
+    x = np.ones((3, 4), np.float32)
+    model(x)
+    model[1]._drop_saved()
+    with pytest.raises(RuntimeError, match="ReLU.backward called without a matching forward"):
+        model.backward(np.ones((3, 2), np.float32))
+
+
+@pytest.mark.parametrize("name", list(FUSED_MODELS))
+def test_backward_params_fuses_too(rng, same_bits, name):
+    """The trainer's backward_params (no input gradient for the first layer) takes the fused
+    chain: the same parameter gradients as the unfused model, every context consumed."""
+    make, in_shape, out_shape = FUSED_MODELS[name]
+    x = rng.standard_normal(in_shape)
+    g = rng.standard_normal(out_shape)
+    plain, fused = _unfused(make(np.float64)), make(np.float64)
+    for m in (plain, fused):
+        m(x)
+    plain.backward(g)
+    fused.backward_params(g)
+    for p, q in zip(plain.parameters(), fused.parameters()):
+        same_bits(q.grad, p.grad)
+    assert all(m._ctx is None for m in fused)
+
+
+def test_relu_output_is_checked(rng):
+    w = CSRMatrix.random((3, 4), 0.5, rng=0, dtype=np.float64)
+    x, g = rng.standard_normal((2, 4)), rng.standard_normal((2, 3))
+    with pytest.raises(ValueError, match="relu_output must have x's shape"):
+        F.sparse_linear_backward(g, x, w, relu_output=np.ones((2, 5)))
+    with pytest.raises(ValueError, match="relu_output must have x's shape"):
+        F.linear_backward(g, x, w.to_dense(), relu_output=np.ones((3, 4)))
+    xc, gc, wc = rng.standard_normal((1, 2, 4, 4)), rng.standard_normal((1, 1, 2, 2)), rng.standard_normal((1, 2, 3, 3))
+    with pytest.raises(ValueError, match="relu_output must have x's shape"):
+        F.conv2d_backward(gc, xc, wc, relu_output=np.ones((1, 2, 4, 3)))
+    # not read without an input gradient
+    assert F.sparse_linear_backward(g, x, w, need_input=False, relu_output=np.ones(7))[0] is None
+    y = np.maximum(x, 0)
+    gx = F.sparse_linear_backward(g, x, w, relu_output=y)[0]
+    np.testing.assert_array_equal(gx, F.sparse_linear_backward(g, x, w)[0] * (y > 0))
