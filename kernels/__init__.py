@@ -62,12 +62,16 @@ def to_host(a):
     return np.asarray(a)
 
 
-def take(a, idx):
+def take(a, idx, order="C"):
     """Rows ``a[idx]`` (a new array on a's device); on the device ``idx`` must be a device int
-    array in range (it is not read back to check)."""
+    array in range (it is not read back to check).  ``order="F"``: a 2-D result F-ordered, the
+    layout in which a batch feeds the sparse products with no transpose (others stay C)."""
+    if order not in ("C", "F"):
+        raise ValueError(f"order must be 'C' or 'F'; got {order!r}")
     if _on_cuda(a=a, idx=idx):
-        return _gpu().take(a, idx)
-    return a[idx]
+        return _gpu().take(a, idx, order)
+    out = a[idx]
+    return np.asfortranarray(out) if order == "F" and out.ndim == 2 else out
 
 
 def zeros_like(a):

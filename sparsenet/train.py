@@ -305,7 +305,8 @@ class _Resident:
                 yield self.x[sl], loader.y[sl], sl
             else:
                 where = order_d[sl]
-                yield kernels.take(self.x, where), loader.y[order[sl]], where
+                # F-ordered: what a first sparse layer reads, so no transpose kernel follows
+                yield kernels.take(self.x, where, order="F"), loader.y[order[sl]], where
 
     def targets(self, where, output):
         if self.y is None:

@@ -835,12 +835,18 @@ def _copy_into(src, dst):
     return dst
 
 
-def take(a, idx):
+def take(a, idx, order="C"):
     """``a[idx]`` for a C-contiguous device array ``a`` (n, ...) and device int ``idx`` (B,) in
-    [0, n): a new C-contiguous (B, ...) array, gathered by one kernel."""
+    [0, n): a new (B, ...) array, gathered by one kernel; C-contiguous, or with ``order="F"``
+    and a 2-D ``a`` F-ordered (feature-major memory, what the sparse products read)."""
     a, idx = as_device_array(a, "a"), as_device_array(idx, "idx")
     if _order(a) != "C" or a.ndim == 0:
         raise ValueError(f"take gathers rows of a C-contiguous array; got shape {a.shape}, strides {a.strides}")
+    if order == "F" and a.ndim == 2:
+        out_t = empty((a.shape[1], idx.shape[0]), a.dtype)
+        if out_t.size:
+            _ops().take_rows_t[_grid(out_t.size)](a, idx, out_t)
+        return _transposed_view(out_t)
     out = empty((idx.shape[0],) + tuple(a.shape[1:]), a.dtype)
     if out.size:
         width = out.size // idx.shape[0]

@@ -361,6 +361,19 @@ def take_rows(src, idx, out):
 
 
 @cuda.jit
+def take_rows_t(src, idx, out_t):
+    """out_t[f, b] = src[idx[b], f]: take_rows written feature-major, the layout the sparse
+    products read (a shuffled batch then needs no transpose kernel).  src (n, F), out_t (F, B)
+    C-contiguous.  Batch fastest: the stores are coalesced, each warp's loads touch 32 rows
+    (the rows' lines are reused from the cache by the warps on the next features)."""
+    n_f, n_b = out_t.shape[0], out_t.shape[1]
+    for t in range(cuda.grid(1), n_b * n_f, cuda.gridsize(1)):
+        f = t // n_b
+        b = t - f * n_b
+        out_t[f, b] = src[idx[b], f]
+
+
+@cuda.jit
 def copy_4d(a, out):
     """out[...] = a[...] for 4-D arrays; a of any strides, out C-contiguous."""
     n1, n2, n3 = out.shape[1], out.shape[2], out.shape[3]

@@ -154,6 +154,7 @@ def test_sparse_conv_and_training_step_kernels_compile(compile_ptx, fdt, idt):
         "matmul": (ops.matmul, (anym, anym, vec) + (types.boolean,) * 3 + (mat, mat)),
         "copy_2d": (ops.copy_2d, (anym, mat)),
         "take_rows": (ops.take_rows, (mat, types.int64[::1], mat)),
+        "take_rows_t": (ops.take_rows_t, (mat, types.int64[::1], mat)),
         "copy_4d": (ops.copy_4d, (f[:, :, :, :], t4)),
         "cross_entropy_fwd": (ops.cross_entropy_fwd, (anym, tgt, vec)),
         "cross_entropy_bwd": (ops.cross_entropy_bwd, (anym, tgt, types.float64, f[::1, :])),

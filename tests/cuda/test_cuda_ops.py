@@ -386,6 +386,13 @@ def test_take_gathers_rows_like_numpy(rng, shape):
     assert _is_dev(got) and got.shape == (11,) + shape[1:]
     np.testing.assert_array_equal(_host(got), K.take(a, idx))
     assert K.take(_dev(a), _dev(idx[:0])).shape == (0,) + shape[1:]
+    got_f = K.take(_dev(a), _dev(idx), order="F")  # 2-D: F-ordered, gathered feature-major; else C
+    assert got_f.shape == got.shape
+    assert got_f.strides == ((8, 8 * 11) if len(shape) == 2 else got.strides)
+    np.testing.assert_array_equal(_host(got_f), K.take(a, idx))
+    assert K.take(_dev(a), _dev(idx[:0]), order="F").shape == (0,) + shape[1:]
+    with pytest.raises(ValueError, match="order must be"):
+        K.take(_dev(a), _dev(idx), order="A")
     if len(shape) > 1:
         with pytest.raises(ValueError, match="C-contiguous"):
             K.take(_dev(np.asfortranarray(a)), _dev(idx))

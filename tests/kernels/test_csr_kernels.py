@@ -178,3 +178,16 @@ def test_sparsenet_kernels_imports_from_root_and_elsewhere(where, tmp_path):
         pytest.skip("sparsenet is not installed (run from an installed environment)")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "sparsenet.kernels"
+
+
+def test_take_on_the_host(rng):
+    """kernels.take on host arrays: numpy's rows, F-ordered on request for 2-D (as on the GPU)."""
+    a = rng.standard_normal((6, 3))
+    idx = np.array([5, 0, 0, 2])
+    np.testing.assert_array_equal(K.take(a, idx), a[idx])
+    f = K.take(a, idx, order="F")
+    assert f.flags.f_contiguous and not f.flags.c_contiguous
+    np.testing.assert_array_equal(f, a[idx])
+    assert K.take(a[:, 0], idx, order="F").shape == (4,)
+    with pytest.raises(ValueError, match="order must be 'C' or 'F'"):
+        K.take(a, idx, order="K")
