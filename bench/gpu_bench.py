@@ -6,7 +6,7 @@ Standalone script (not collected by pytest).  On a machine with an NVIDIA GPU:
     python bench/gpu_bench.py --suite csr --shapes 0,3    # a subset
     NUMBA_ENABLE_CUDASIM=1 python bench/gpu_bench.py --dry-run   # plumbing check, no timing
 
-Suites (``--suite overhead,csr,conv,sparsity,dropout,train``, default all):
+Suites (``--suite overhead,csr,conv,sparsity,dropout,train,jit``, default all):
 
 * ``overhead``: host cost per call (numba's empty-kernel launch, a device allocation, a tiny
   sparsenet SpMM) against torch's: what bounds small, launch-bound layers.
@@ -32,6 +32,9 @@ Suites (``--suite overhead,csr,conv,sparsity,dropout,train``, default all):
 * ``train``: one whole training step (forward, cross-entropy, backward_params, Adam) of a SparseLinear
   MLP 784-1000-1000-10 (density 0.04): the model on the GPU (batch uploaded inside the timing)
   against the same model on the CPU (Numba kernels, all cores), per batch size.
+* ``jit``: what a user's new process pays before its first GPU training step: the import, the
+  first step (compiling every kernel it launches) and the second, in a fresh process with an
+  empty numba cache and then in another that finds the first one's cache (``cache=True``).
 
 Every op gets warm-up calls (JIT compilation, cuSPARSE handle creation), then ``--repeat``
 launches between two CUDA events; the median of ``--trials`` such runs divided by ``--repeat``
@@ -66,7 +69,7 @@ SHAPES = [
     (4096, 4096, 4096, 0.10),
 ]
 DRY_SHAPE = (3, 9, 7, 0.3)
-SUITES = ("overhead", "csr", "conv", "sparsity", "dropout", "train")
+SUITES = ("overhead", "csr", "conv", "sparsity", "dropout", "train", "jit")
 
 
 def parse_args(argv=None):
@@ -316,6 +319,8 @@ def _fmt(v):
         return v
     if isinstance(v, (int, np.integer)):
         return str(v)
+    if v >= 1:
+        return f"{v:.2f} s"
     return f"{v * 1e6:.1f} µs" if v < 1e-3 else f"{v * 1e3:.3f} ms"
 
 
@@ -377,6 +382,8 @@ def main(argv=None):
         cases = CONV_CASES[-1:] if args.dry_run else CONV_CASES
         rows = _measured(cases, lambda case: bench_conv(case, args, rng))
         print(_timed_tables("conv2d", CONV_COLUMNS, rows, CONV_RATIOS) + "\n", flush=True)
+    if "jit" in args.suites:
+        print(table(JIT_COLUMNS, bench_jit(args), ()) + "\n", flush=True)
     return 0
 
 
@@ -668,6 +675,67 @@ def bench_train(batch, args):
                 runs.append((time.perf_counter() - t0) / args.repeat)
             row["cpu_step"] = statistics.median(runs)
     return row
+
+
+# ----------------------------------------------------------------------------- jit suite
+JIT_COLUMNS = [("case", "numba cache"), ("import", "import"), ("first", "first step"), ("second", "second step"),
+               ("process", "whole process")]
+# One SparseLinear MLP training step (the train suite's model and step) in a fresh process.
+JIT_SCRIPT = """
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+from numba import cuda
+from sparsenet import kernels, nn, optim
+sizes, batch, steps = {sizes!r}, {batch}, {steps}
+t_import = time.perf_counter() - t0
+layers = []
+for i in range(len(sizes) - 1):
+    layers += [nn.SparseLinear(sizes[i], sizes[i + 1], density={density}, rng=i), nn.ReLU()]
+model = nn.Sequential(*layers[:-1]).to("cuda")
+opt = optim.Adam(model.parameters(), lr=1e-3)
+crit = nn.CrossEntropyLoss()
+rng = np.random.default_rng(0)
+x = rng.standard_normal((batch, sizes[0]), dtype=np.float32)
+y = rng.integers(0, sizes[-1], batch)
+times = []
+for _ in range(steps):
+    t = time.perf_counter()
+    opt.zero_grad()
+    crit(model(kernels.to_device(x)), kernels.to_device(y))
+    model.backward_params(crit.backward())
+    opt.step()
+    cuda.synchronize()
+    times.append(time.perf_counter() - t)
+print(json.dumps(dict(zip(("first", "second"), times), **{{"import": t_import}})))
+"""
+
+
+def bench_jit(args):
+    """Import, first and second step of a new process: empty numba cache, then the same cache
+    reused (rows in that order; a dry run: one process, one step, in the simulator)."""
+    import json
+    import subprocess
+    import tempfile
+
+    sizes = DRY_TRAIN_SIZES if args.dry_run else TRAIN_SIZES
+    script = JIT_SCRIPT.format(sizes=sizes, batch=4 if args.dry_run else 128, density=0.5 if args.dry_run else 0.04,
+                               steps=1 if args.dry_run else 2)
+    rows = []
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=os.pathsep.join(
+            [p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p]))
+        for case in ("empty",) if args.dry_run else ("empty", "filled by the run above"):
+            t = time.perf_counter()
+            done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                                  timeout=300)
+            wall = time.perf_counter() - t
+            if done.returncode != 0:
+                print(f"jit suite: the {case} run failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+                rows.append({"case": case})
+                continue
+            rows.append({"case": case, "process": wall, **json.loads(done.stdout.strip().splitlines()[-1])})
+    return rows
 
 
 def table(columns, rows, ratios):

@@ -25,6 +25,12 @@ the transpose permutation.  The pattern is fixed across training steps (pruning 
 make a new one), so it is computed once per pattern (``transpose_pattern``, one host transpose
 on first use) and cached against the device ``indices`` array; optimizer updates of ``data``
 need no re-transpose.
+
+Every kernel is compiled with ``cache=True``: numba keeps the machine code on disk (beside the
+kernel modules, or under ``NUMBA_CACHE_DIR``), keyed on the argument types and the GPU's compute
+capability, so a new process loads a training step's kernels instead of compiling each (about a
+second apiece).  The key covers a kernel's own file only: after editing a device function or
+constant another module supplies (``block.py``, ``philox.py``), clear the cache.
 """
 import math
 import weakref

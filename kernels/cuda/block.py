@@ -99,11 +99,11 @@ def tile_mma(ta, tb, acc, ra, rb, threads, reg, tile_k):
 
 
 def jit_fitting(max_threads, min_blocks):
-    """``cuda.jit`` asking the compiler to fit ``min_blocks`` blocks of ``max_threads`` threads on
-    one SM (CUDA's ``__launch_bounds__``): a register cap of 65536 / (max_threads * min_blocks).
-    Plain ``cuda.jit`` where launch bounds are not a parameter: the simulator's jit, and
-    numba-cuda releases before them, whose jit would take the keyword silently and then fail
-    at the first launch."""
+    """``cuda.jit(cache=True)`` asking the compiler to fit ``min_blocks`` blocks of
+    ``max_threads`` threads on one SM (CUDA's ``__launch_bounds__``): a register cap of
+    65536 / (max_threads * min_blocks).  Without launch bounds where they are not a parameter:
+    the simulator's jit, and numba-cuda releases before them, whose jit would take the keyword
+    silently and then fail at the first launch."""
     if "launch_bounds" not in inspect.signature(cuda.jit).parameters:
-        return cuda.jit
-    return cuda.jit(launch_bounds=(max_threads, min_blocks))
+        return cuda.jit(cache=True)
+    return cuda.jit(cache=True, launch_bounds=(max_threads, min_blocks))

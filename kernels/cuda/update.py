@@ -21,7 +21,7 @@ _sgd_element = cuda.jit(device=True)(sgd_element)
 _adam_element = cuda.jit(device=True)(adam_element)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def sgd_update(lr, momentum, dampening, weight_decay, nesterov, first, param, grad, buf):
     """One SGD step in place (PyTorch's rule, see ``scalar.sgd_element``).
 
@@ -39,7 +39,7 @@ def sgd_update(lr, momentum, dampening, weight_decay, nesterov, first, param, gr
             buf[i] = b
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adam_update(lr, beta1, beta2, eps, weight_decay, decoupled, step_size, bias_correction2_sqrt,
                 param, grad, exp_avg, exp_avg_sq):
     """One Adam / AdamW step in place (PyTorch's rule, see ``scalar.adam_element``).

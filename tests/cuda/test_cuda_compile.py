@@ -230,3 +230,20 @@ def test_block_geometry_the_kernels_rely_on():
     from sparsenet.kernels.cuda import csr, ops
 
     assert csr.SDDMM_THREADS == csr.WARP * csr.SDDMM_WARPS == ops.RED_THREADS
+
+
+def test_every_kernel_caches_its_machine_code(compile_ptx):
+    """Each kernel is built with cache=True (a new process loads a training step's kernels from
+    disk instead of compiling them, about a second each); a kernel added without it fails here."""
+    import importlib
+
+    from numba.cuda.dispatcher import CUDADispatcher
+
+    found = 0
+    for name in ("conv", "csr", "ops", "pool", "select", "update"):
+        module = importlib.import_module(f"sparsenet.kernels.cuda.{name}")
+        for attr, value in vars(module).items():
+            if isinstance(value, CUDADispatcher) and not value.targetoptions.get("device"):
+                found += 1
+                assert value._cache.__class__.__name__ == "CUDACache", f"{name}.{attr} is not cached"
+    assert found >= 50
