@@ -150,6 +150,25 @@ def spmm(indptr, indices, data, x, bias=None, relu=False):
     return y
 
 
+def _check_gate(gate, shape, dtype):
+    """A ReLU-backward gate must match the result it gates exactly (np.multiply would broadcast
+    or cast): ValueError / TypeError naming what was expected."""
+    if gate is None:
+        return
+    if tuple(np.shape(gate)) != tuple(shape):
+        raise ValueError(f"gate (a ReLU's output) must have the gated result's shape {tuple(shape)}; "
+                         f"got {tuple(np.shape(gate))}")
+    if gate.dtype != dtype:
+        raise TypeError(f"gate must have the result's dtype {np.dtype(dtype)}; got {gate.dtype}")
+
+
+def _apply_gate(out, gate):
+    """``out *= gate > 0`` in place: activation_backward's ``g * (y > 0)``, bit for bit."""
+    if gate is not None:
+        np.multiply(out, gate > 0, out=out)
+    return out
+
+
 def spmm_t(indptr, indices, data, n_col, g, gate=None):
     """grad_X = G W for dense G (B, n_row) and CSR W (n_row, n_col); returns (B, n_col), F-ordered.
 
@@ -160,15 +179,14 @@ def spmm_t(indptr, indices, data, n_col, g, gate=None):
     """
     if _on_cuda(indptr=indptr, indices=indices, data=data, g=g, gate=gate):
         return _gpu().spmm_t(indptr, indices, data, n_col, g, gate)
+    _check_gate(gate, (g.shape[0], n_col), data.dtype)
     gp = _pack(g, data.dtype, _lanes(data.dtype, g.shape[0]))
     out_t = np.empty((n_col, g.shape[0]), dtype=data.dtype)
     if gp.shape[0]:
         acc = np.empty((gp.shape[0], n_col, gp.shape[2]), dtype=data.dtype)
         per_tile = -(-numba.get_num_threads() // gp.shape[0])
         _csr.spmm_t_tiled(indptr, indices, data, gp, _blocks(n_col // 64, per_tile), acc, out_t)
-    if gate is not None:
-        np.multiply(out_t.T, gate > 0, out=out_t.T)  # activation_backward's g * (y > 0), in place
-    return out_t.T
+    return _apply_gate(out_t.T, gate)
 
 
 def sddmm(indptr, indices, g, x, *, bias_grad=False):
@@ -443,12 +461,14 @@ def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, ne
     shape), a ReLU's output, multiplies grad_x by ``gate > 0`` (as in :func:`spmm_t`)."""
     if _on_cuda(g=g, x=x, weight=weight, gate=gate):
         return _gpu().conv2d_backward(g, x, weight, stride, padding, dilation, need_input, need_weight, gate)
+    if need_input:
+        _check_gate(gate, x.shape, x.dtype)
     o, cg, kh, kw = weight.shape
     indptr, indices = _dense_pattern(o, cg * kh * kw)
     gx, gw = _conv_backward(g, x, indptr, indices, np.ascontiguousarray(weight).reshape(-1), (kh, kw), stride,
                             padding, dilation, x.shape[1] // cg, need_input, need_weight)
-    if gx is not None and gate is not None:
-        np.multiply(gx, gate > 0, out=gx)
+    if gx is not None:
+        _apply_gate(gx, gate)
     return gx, None if gw is None else gw.reshape(weight.shape)
 
 
@@ -961,14 +981,14 @@ def matmul(a, b, *, transpose_a=False, transpose_b=False, bias=None, relu=False,
         kc = _gpu()
         return kc.matmul(kc.transpose(a) if transpose_a else a, kc.transpose(b) if transpose_b else b, bias, relu,
                          gate)
-    out = (a.T if transpose_a else a) @ (b.T if transpose_b else b)
+    a, b = (a.T if transpose_a else a), (b.T if transpose_b else b)
+    _check_gate(gate, (a.shape[0], b.shape[1]), np.result_type(a, b))
+    out = a @ b
     if bias is not None:
         out += bias
     if relu:
         np.maximum(out, 0, out=out)
-    if gate is not None:
-        np.multiply(out, gate > 0, out=out)
-    return out
+    return _apply_gate(out, gate)
 
 
 ACTIVATIONS = {"relu": 0, "leaky_relu": 1, "tanh": 2, "sigmoid": 3}  # codes of kernels/cuda/ops.py

@@ -27,3 +27,19 @@ def same_bits():
     """``same_bits(a, b)`` asserts equal shapes, dtypes and bits of two host arrays (signed zeros
     included, which assert_array_equal takes as equal): what a fused op must reproduce."""
     return _assert_same_bits
+
+
+def _relu_gate(x):
+    y = np.maximum(np.asarray(x), 0)
+    flat = y.reshape(-1)  # a view: y is a fresh C-ordered array
+    flat[0::5] = np.nan  # NaN > 0 is False: gated to zero, as the ReLU backward does
+    flat[1::7] = np.inf
+    flat[2::6] = -0.0
+    return y
+
+
+@pytest.fixture
+def relu_gate():
+    """``relu_gate(x)``: a ReLU's output for x with NaN, +inf and -0.0 sprinkled in, the values
+    on which ``gate > 0`` and a careless rewrite of it (``not gate <= 0``, ``gate != 0``) differ."""
+    return _relu_gate

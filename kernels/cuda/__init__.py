@@ -218,6 +218,18 @@ def _same_dtype(**arrays):
         raise TypeError(f"CUDA kernels need one float dtype for all operands; got {listing}")
 
 
+def _gate(gate, shape, dtype):
+    """A ReLU-backward gate (a device array of the gated result's shape and dtype), checked
+    before any copy or transpose of it."""
+    gate = as_device_array(gate, "gate")
+    if tuple(gate.shape) != tuple(shape):
+        raise ValueError(f"gate (a ReLU's output) must have the gated result's shape {tuple(shape)}; "
+                         f"got {tuple(gate.shape)}")
+    if gate.dtype != dtype:
+        raise TypeError(f"gate must have the result's dtype {np.dtype(dtype)}; got {gate.dtype}")
+    return gate
+
+
 def _pattern(indptr, indices):
     return as_device_array(indptr, "indptr"), as_device_array(indices, "indices")
 
@@ -366,11 +378,7 @@ def spmm_t(indptr, indices, data, n_col, g, gate=None, *, pattern_t=None):
     out_t = empty((n_col, g_t.shape[1]), data.dtype)
     gate_t = None
     if gate is not None:
-        gate_t = feature_major(gate, "gate")
-        _same_dtype(data=data, gate=gate_t)
-        if tuple(gate_t.shape) != tuple(out_t.shape):
-            raise ValueError(f"gate must have the input gradient's shape (B, n_col) = {(out_t.shape[1], n_col)}; "
-                             f"got {(gate_t.shape[1], gate_t.shape[0])}")
+        gate_t = feature_major(_gate(gate, (g_t.shape[1], n_col), data.dtype), "gate")
     _launch_spmm(indptr_t, indices_t, perm, True, data, g_t, out_t, gate_t=gate_t)
     return _transposed_view(out_t)
 
@@ -565,10 +573,7 @@ def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, ne
     if need_input:
         gated = gate is not None
         if gated:
-            gate = contiguous(_nchw(gate, "gate"), "gate")  # one layout: one compiled kernel
-            _same_dtype(x=x, gate=gate)
-            if tuple(gate.shape) != tuple(x.shape):
-                raise ValueError(f"gate must have x's shape {tuple(x.shape)}; got {tuple(gate.shape)}")
+            gate = contiguous(_gate(gate, x.shape, x.dtype), "gate")  # one layout: one compiled kernel
         grad_x = empty(x.shape, x.dtype)
         if grad_x.size:
             n, c, h, w = x.shape
@@ -1116,12 +1121,9 @@ def matmul(a, b, bias=None, relu=False, gate=None):
     if a.shape[1] != b.shape[0]:
         raise ValueError(f"matmul: inner dimensions differ: {tuple(a.shape)} @ {tuple(b.shape)}")
     bias = _epilogue_bias(bias, b.shape[1], a.dtype)
-    out = empty((a.shape[0], b.shape[1]), a.dtype)
     if gate is not None:
-        gate = contiguous(gate, "gate")  # one layout: one compiled kernel
-        _same_dtype(a=a, gate=gate)
-        if tuple(gate.shape) != tuple(out.shape):
-            raise ValueError(f"gate must have the product's shape {tuple(out.shape)}; got {tuple(gate.shape)}")
+        gate = contiguous(_gate(gate, (a.shape[0], b.shape[1]), a.dtype), "gate")  # one layout, one kernel
+    out = empty((a.shape[0], b.shape[1]), a.dtype)
     if out.size == 0:
         return out
     if a.shape[1] == 0:

@@ -22,7 +22,8 @@ class ReLU(Module):
 
     In a :class:`~sparsenet.nn.Sequential`, a ReLU right after a ``SparseLinear``, ``Linear`` or
     ``Conv2d`` is computed by that layer's product as it stores its output (no pass and no array
-    of its own); its backward is the same.
+    of its own), and the backward of a ReLU right before one of them is applied by that layer's
+    input-gradient kernel as it stores (``relu_output=`` of its functional backward).
 
     Examples
     --------

@@ -9,7 +9,7 @@ import numpy as np
 from .. import functional as F
 from .._validation import check_random_state, float_dtype
 from . import init
-from .module import Parameter, _WeightedLayer, fusable_backward, fusable_forward
+from .module import Parameter, _WeightedLayer, fusable_forward, gated_backward
 
 __all__ = ["Conv2d", "SparseConv2d", "LocallyConnected2d"]
 
@@ -112,7 +112,7 @@ class Conv2d(_ConvBase):
         self._save(x)
         return y
 
-    @fusable_backward
+    @gated_backward
     def _backward(self, grad_out, need_input, relu_output=None):
         x = self._saved()
         grad_x, grad_w, grad_b = F.conv2d_backward(grad_out, x, self.weight.data, **self._geometry(),

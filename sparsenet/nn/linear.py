@@ -8,7 +8,7 @@ from .. import kernels
 from .._validation import check_random_state, float_dtype
 from ..csr import CSRMatrix
 from . import init
-from .module import Parameter, _WeightedLayer, fusable_backward, fusable_forward
+from .module import Parameter, _WeightedLayer, fusable_forward, gated_backward
 
 __all__ = ["Linear", "SparseLinear"]
 
@@ -65,7 +65,7 @@ class Linear(_WeightedLayer):
         self._save(x)
         return y
 
-    @fusable_backward
+    @gated_backward
     def _backward(self, grad_out, need_input, relu_output=None):
         x = self._saved()
         grad_x, grad_w, grad_b = F.linear_backward(grad_out, x, self.weight.data, need_input=need_input,
@@ -159,7 +159,7 @@ class SparseLinear(_WeightedLayer):
         self._save((x, self.weight.csr))
         return y
 
-    @fusable_backward
+    @gated_backward
     def _backward(self, grad_out, need_input, relu_output=None):
         x, w = self._saved()
         if w is not self.weight.csr:

@@ -612,7 +612,7 @@ class _WeightedLayer(Module):
         return self._backward(grad_out, need_input=True)
 
     def backward_params(self, grad_out):
-        if type(self).backward is not _WeightedLayer.backward:  # a subclass's own backward wins
+        if type(self).backward is not _PLAIN_BACKWARD:  # a subclass's own (or a patched) backward wins
             self.backward(grad_out)
         else:
             self._backward(grad_out, need_input=False)
@@ -621,8 +621,11 @@ class _WeightedLayer(Module):
         raise NotImplementedError(f"{type(self).__name__} does not implement _backward")
 
 
+_PLAIN_BACKWARD = _WeightedLayer.backward  # kept: a wrapper patched onto the class is not it
+
 _FUSABLE_FORWARDS = set()  # the functions themselves: a functools.wraps wrapper is not one of them
-_FUSABLE_BACKWARDS = set()
+_FUSABLE_BACKWARDS = set()  # ReLU's backward
+_GATED_BACKWARDS = set()  # weighted layers' _backward taking relu_output=
 
 
 def fusable_forward(forward):
@@ -632,9 +635,15 @@ def fusable_forward(forward):
 
 
 def fusable_backward(backward):
-    """Register ReLU's ``backward``, or a weighted layer's ``_backward`` taking ``relu_output=``,
-    as one :class:`Sequential` may fuse (see _fusable_backward)."""
+    """Register ReLU's ``backward`` as one a layer after it may apply (see _fusable_backward)."""
     _FUSABLE_BACKWARDS.add(backward)
+    return backward
+
+
+def gated_backward(backward):
+    """Register a weighted layer's ``_backward(grad_out, need_input, relu_output=None)`` as one
+    that applies the backward of a ReLU before it (see _fusable_backward)."""
+    _GATED_BACKWARDS.add(backward)
     return backward
 
 
@@ -658,11 +667,11 @@ def _fusable_backward(relu, layer):
     replaced on the instance (a recorder must see its call), the layer's ``backward`` the
     plain ``_WeightedLayer`` one.  The gate is the ReLU's own saved output, so what ran between
     the two forwards does not matter."""
-    def plain(m, name):
-        return getattr(type(m), name, None) in _FUSABLE_BACKWARDS and name not in m.__dict__
+    def plain(m, name, marked):
+        return getattr(type(m), name, None) in marked and name not in m.__dict__
 
-    return (plain(relu, "backward") and plain(layer, "_backward")
-            and type(layer).backward is _WeightedLayer.backward and "backward" not in layer.__dict__)
+    return (plain(relu, "backward", _FUSABLE_BACKWARDS) and plain(layer, "_backward", _GATED_BACKWARDS)
+            and type(layer).backward is _PLAIN_BACKWARD and "backward" not in layer.__dict__)
 
 
 def _backward_chain(layers, grad_out):

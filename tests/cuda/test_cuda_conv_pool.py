@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sparsenet.functional as F
-from sparsenet import CSRMatrix
+from sparsenet import CSRMatrix, kernels
 from sparsenet.kernels import reference as ref
 
 pytestmark = pytest.mark.usefixtures("small_geometry")
@@ -53,7 +53,7 @@ CONV_CASES = [
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CONV_CASES, ids=[f"case{i}" for i in range(len(CONV_CASES))])
-def test_conv2d_matches_cpu(rng, same_bits, dtype, case):
+def test_conv2d_matches_cpu(rng, same_bits, relu_gate, dtype, case):
     x_shape, (o, kh, kw), stride, padding, dilation, groups = case
     kc = _kc()
     x = rng.standard_normal(x_shape).astype(dtype)
@@ -75,20 +75,12 @@ def test_conv2d_matches_cpu(rng, same_bits, dtype, case):
     np.testing.assert_allclose(_host(gx), gx_ref, **_tol(dtype))
     np.testing.assert_allclose(_host(gw), gw_ref, **_tol(dtype))
     np.testing.assert_allclose(_host(kc.conv2d_grad_bias(_dev(g))), gb_ref, **_tol(dtype))
-    gate = np.maximum(x, 0)  # a ReLU's output: its backward applied as grad_x is stored, bit for bit
+    gate = relu_gate(x)  # a ReLU's output: its backward applied as grad_x is stored, bit for bit
     gated, _ = kc.conv2d_backward(_dev(g), _dev(x), _dev(w), stride, padding, dilation, need_weight=False,
                                   gate=_dev(gate))
-    expect = _host(kc.activation_backward(_ops().RELU, 0.0, _dev(gate), gx))
-    same_bits(_host(gated), expect)
-    with pytest.raises(ValueError, match="gate must have x's shape"):
+    same_bits(_host(gated), _host(kernels.activation_backward("relu", _dev(gate), gx)))
+    with pytest.raises(ValueError, match="gated result's shape"):
         kc.conv2d_backward(_dev(g), _dev(x), _dev(w), stride, padding, dilation, gate=_dev(np.zeros(x.shape[:3] + (x.shape[3] + 1,), dtype)))
-
-
-def _ops():
-    from sparsenet.kernels.cuda import ops
-
-    return ops
-
 
 
 @settings(max_examples=15, deadline=None)

@@ -416,7 +416,7 @@ def test_hard_threshold_and_mul_in_place_match_the_host(rng, dtype):
 @pytest.mark.parametrize("shapes", [((5, 7), (7, 3)), ((1, 1), (1, 9)), ((9, 4), (4, 1)), ((3, 0), (0, 2)),
                                     ((17, 10), (10, 11))])  # several tiles along M, K and N
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True)])
-def test_matmul_matches_numpy(rng, same_bits, dtype, shapes, ta, tb):
+def test_matmul_matches_numpy(rng, same_bits, relu_gate, dtype, shapes, ta, tb):
     (m, k), (_, n) = shapes
     a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
     b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
@@ -428,13 +428,16 @@ def test_matmul_matches_numpy(rng, same_bits, dtype, shapes, ta, tb):
     np.testing.assert_array_equal(_host(out_b), _host(out) + bias)
     with pytest.raises(ValueError, match="bias must have shape"):
         K.matmul(_dev(a), _dev(b), transpose_a=ta, transpose_b=tb, bias=_dev(np.ones(n + 1, dtype)))
-    gate = np.maximum(rng.standard_normal((m, n)), 0).astype(dtype)  # a ReLU's output: its backward in the store
-    expect = _host(K.activation_backward("relu", _dev(gate), out))
-    for gate_dev in (_dev(gate), _dev(np.asfortranarray(gate))):  # F-ordered: copied to C first
-        gated = K.matmul(_dev(a), _dev(b), transpose_a=ta, transpose_b=tb, gate=gate_dev)
-        same_bits(_host(gated), expect)
-    with pytest.raises(ValueError, match="gate must have the product's shape"):
+    gate = relu_gate(rng.standard_normal((m, n))).astype(dtype)  # a ReLU's output: its backward in the store
+    for bias_dev, plain in ((None, out), (_dev(bias), out_b)):  # with K = 0 too (bias only, then the gate)
+        expect = _host(K.activation_backward("relu", _dev(gate), plain))
+        for gate_dev in (_dev(gate), _dev(np.asfortranarray(gate))):  # F-ordered: copied to C first
+            gated = K.matmul(_dev(a), _dev(b), transpose_a=ta, transpose_b=tb, bias=bias_dev, gate=gate_dev)
+            same_bits(_host(gated), expect)
+    with pytest.raises(ValueError, match="gated result's shape"):
         K.matmul(_dev(a), _dev(b), transpose_a=ta, transpose_b=tb, gate=_dev(np.ones((m, n + 1), dtype)))
+    with pytest.raises(TypeError, match="gate must have the result's dtype"):
+        K.matmul(_dev(a), _dev(b), transpose_a=ta, transpose_b=tb, gate=_dev(gate.astype(np.float16)))
 
 
 

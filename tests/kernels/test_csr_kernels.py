@@ -35,11 +35,18 @@ def check_all(indptr, indices, data, shape, x, g, dtype):
     gx = K.spmm_t(indptr, indices, data, shape[1], g)
     assert gx.shape == x.shape and gx.dtype == dtype
     np.testing.assert_allclose(gx, ref.spmm_t(indptr, indices, data, shape, g), **tol)
-    gate = np.maximum(x, 0)  # a ReLU's output: its backward applied by the product, bitwise the separate pass
+    # A ReLU's output (NaN, inf and -0 among its values): its backward applied by the product,
+    # bitwise the separate pass (-0 where a negative was gated).
+    gate = np.maximum(x, 0)
+    gate.reshape(-1)[::5], gate.reshape(-1)[1::7], gate.reshape(-1)[2::6] = np.nan, np.inf, -0.0
     gated = K.spmm_t(indptr, indices, data, shape[1], g, gate)
     separate = K.activation_backward("relu", gate, gx)
     np.testing.assert_array_equal(gated, separate)
-    np.testing.assert_array_equal(np.signbit(gated), np.signbit(separate))  # -0 where a negative was gated
+    np.testing.assert_array_equal(np.signbit(gated), np.signbit(separate))
+    with pytest.raises(ValueError, match="gated result's shape"):
+        K.spmm_t(indptr, indices, data, shape[1], g, gate[:, :1] if shape[1] > 1 else np.zeros((len(g), 2), dtype))
+    with pytest.raises(TypeError, match="result's dtype"):
+        K.spmm_t(indptr, indices, data, shape[1], g, gate.astype(np.float16))
     gw = K.sddmm(indptr, indices, g, x)
     assert gw.shape == data.shape and gw.dtype == dtype
     np.testing.assert_allclose(gw, ref.sddmm(indptr, indices, shape, g, x), **tol)

@@ -456,6 +456,10 @@ def test_backward_fusion_leaves_replaced_backwards_alone(rng, monkeypatch):
         def _backward(self, grad_out, need_input, relu_output=None):
             return super()._backward(grad_out, need_input, relu_output)
 
+    class MyLinear2(nn.SparseLinear):
+        def backward(self, grad_out):
+            return super().backward(grad_out)
+
     x = rng.standard_normal((3, 4)).astype(np.float32)
     g = rng.standard_normal((3, 2)).astype(np.float32)
 
@@ -471,14 +475,24 @@ def test_backward_fusion_leaves_replaced_backwards_alone(rng, monkeypatch):
     relu = nn.ReLU()
     object.__setattr__(relu, "backward", lambda v, _b=relu.backward: seen.append(2) or _b(v))
     for second, act in ((wrapped, nn.ReLU()), (nn.SparseLinear(5, 2, rng=1), relu),
-                        (MyLinear(5, 2, rng=1), nn.ReLU())):
+                        (MyLinear(5, 2, rng=1), nn.ReLU()), (MyLinear2(5, 2, rng=1), nn.ReLU())):
         np.testing.assert_array_equal(run(nn.Sequential(nn.SparseLinear(4, 5, rng=0), act, second)), reference)
-    assert seen == [1, 2] and backwards == ["relu"] * 3
+    assert seen == [1, 2] and backwards == ["relu"] * 4
+
+    def fresh():
+        return nn.Sequential(nn.SparseLinear(4, 5, rng=0), nn.ReLU(), nn.SparseLinear(5, 2, rng=1))
+
     relu_backward = nn.ReLU.backward
     monkeypatch.setattr(nn.ReLU, "backward", lambda self, v: seen.append(3) or relu_backward(self, v))
-    np.testing.assert_array_equal(
-        run(nn.Sequential(nn.SparseLinear(4, 5, rng=0), nn.ReLU(), nn.SparseLinear(5, 2, rng=1))), reference)
+    np.testing.assert_array_equal(run(fresh()), reference)
     assert seen == [1, 2, 3]
+    monkeypatch.undo()
+    from sparsenet.nn.module import _WeightedLayer
+
+    plain_backward = _WeightedLayer.backward  # a recorder patched onto the base class sees both layers
+    monkeypatch.setattr(_WeightedLayer, "backward", lambda self, v: seen.append(4) or plain_backward(self, v))
+    np.testing.assert_array_equal(run(fresh()), reference)
+    assert seen == [1, 2, 3, 4, 4]
 
 
 def test_fused_backward_without_a_forward_raises_as_before():
@@ -507,6 +521,40 @@ def test_backward_params_fuses_too(rng, same_bits, name):
     for p, q in zip(plain.parameters(), fused.parameters()):
         same_bits(q.grad, p.grad)
     assert all(m._ctx is None for m in fused)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_functional_backwards_apply_relu_output_bit_for_bit(rng, same_bits, relu_gate, dtype):
+    """F.sparse_linear_backward / F.linear_backward / F.conv2d_backward with relu_output: the
+    input gradient times (relu_output > 0), as the ReLU's backward gives it (NaN, inf, -0)."""
+    from sparsenet import kernels
+
+    w = CSRMatrix.random((3, 4), 0.6, rng=0, dtype=dtype)
+    x, g = rng.standard_normal((5, 4)).astype(dtype), rng.standard_normal((5, 3)).astype(dtype)
+    gate = relu_gate(x)
+    for backward, weight in ((F.sparse_linear_backward, w), (F.linear_backward, w.to_dense())):
+        plain = backward(g, x, weight)[0]
+        same_bits(backward(g, x, weight, relu_output=gate)[0], kernels.activation_backward("relu", gate, plain))
+    xc, wc = rng.standard_normal((2, 3, 5, 4)).astype(dtype), rng.standard_normal((2, 3, 3, 3)).astype(dtype)
+    gc = rng.standard_normal((2, 2, 3, 2)).astype(dtype)
+    gate = relu_gate(xc)
+    plain = F.conv2d_backward(gc, xc, wc)[0]
+    same_bits(F.conv2d_backward(gc, xc, wc, relu_output=gate)[0], kernels.activation_backward("relu", gate, plain))
+
+
+def test_kernel_gates_are_checked_on_the_host(rng):
+    """The host kernels refuse a gate that numpy would broadcast or cast, as the GPU ones do."""
+    from sparsenet import kernels
+
+    a, b = rng.standard_normal((3, 4)), rng.standard_normal((4, 5))
+    with pytest.raises(ValueError, match="gated result's shape"):
+        kernels.matmul(a, b, gate=np.ones(5))
+    with pytest.raises(TypeError, match="result's dtype"):
+        kernels.matmul(a, b, gate=np.ones((3, 5), np.float32))
+    x, w = rng.standard_normal((1, 2, 4, 4)), rng.standard_normal((1, 2, 3, 3))
+    g = rng.standard_normal((1, 1, 2, 2))
+    with pytest.raises(ValueError, match="gated result's shape"):
+        kernels.conv2d_backward(g, x, w, (1, 1), (0, 0), (1, 1), gate=np.ones(4))
 
 
 def test_relu_output_is_checked(rng):
