@@ -461,14 +461,10 @@ def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, ne
     shape), a ReLU's output, multiplies grad_x by ``gate > 0`` (as in :func:`spmm_t`)."""
     if _on_cuda(g=g, x=x, weight=weight, gate=gate):
         return _gpu().conv2d_backward(g, x, weight, stride, padding, dilation, need_input, need_weight, gate)
-    if need_input:
-        _check_gate(gate, x.shape, x.dtype)
     o, cg, kh, kw = weight.shape
     indptr, indices = _dense_pattern(o, cg * kh * kw)
-    gx, gw = _conv_backward(g, x, indptr, indices, np.ascontiguousarray(weight).reshape(-1), (kh, kw), stride,
-                            padding, dilation, x.shape[1] // cg, need_input, need_weight)
-    if gx is not None:
-        _apply_gate(gx, gate)
+    gx, gw = sparse_conv2d_backward(g, x, indptr, indices, np.ascontiguousarray(weight).reshape(-1), (kh, kw),
+                                    stride, padding, dilation, x.shape[1] // cg, need_input, need_weight, gate)
     return gx, None if gw is None else gw.reshape(weight.shape)
 
 
@@ -480,13 +476,17 @@ def sparse_conv2d(x, indptr, indices, data, kernel, bias, stride, padding, dilat
 
 
 def sparse_conv2d_backward(g, x, indptr, indices, data, kernel, stride, padding, dilation, groups,
-                           need_input=True, need_weight=True):
-    """(grad_x or None, grad_data (nnz,) or None) of :func:`sparse_conv2d`."""
-    if _on_cuda(g=g, x=x, indptr=indptr, indices=indices, data=data):
+                           need_input=True, need_weight=True, gate=None):
+    """(grad_x or None, grad_data (nnz,) or None) of :func:`sparse_conv2d`; ``gate`` as in
+    :func:`conv2d_backward`."""
+    if _on_cuda(g=g, x=x, indptr=indptr, indices=indices, data=data, gate=gate):
         return _gpu().sparse_conv2d_backward(g, x, indptr, indices, data, kernel, stride, padding, dilation,
-                                             groups, need_input, need_weight)
-    return _conv_backward(g, x, indptr, indices, data, kernel, stride, padding, dilation, groups,
-                          need_input, need_weight)
+                                             groups, need_input, need_weight, gate)
+    if need_input:
+        _check_gate(gate, x.shape, x.dtype)
+    gx, gw = _conv_backward(g, x, indptr, indices, data, kernel, stride, padding, dilation, groups,
+                            need_input, need_weight)
+    return (None if gx is None else _apply_gate(gx, gate)), gw
 
 
 def local2d(x, weight, bias, kernel, stride, padding):

@@ -692,11 +692,11 @@ def sparse_conv2d(x, indptr, indices, data, kernel, bias, stride, padding, dilat
 
 
 def sparse_conv2d_backward(g, x, indptr, indices, data, kernel, stride, padding, dilation, groups,
-                           need_input=True, need_weight=True):
+                           need_input=True, need_weight=True, gate=None):
     """(grad_x or None, grad_data (nnz,) or None) of :func:`sparse_conv2d`, on the device.
 
     grad_x walks W's transposed pattern (cached per pattern like ``spmm_t``'s): one writer per
-    input element, no atomics.
+    input element, no atomics.  ``gate``: as in :func:`conv2d_backward`.
     """
     conv = _conv()
     g, x = _nchw(g, "g"), _nchw(x, "x")
@@ -707,12 +707,16 @@ def sparse_conv2d_backward(g, x, indptr, indices, data, kernel, stride, padding,
     n_cols = x.shape[1] // groups * kernel[0] * kernel[1]
     grad_x = grad_w = None
     if need_input:
+        gated = gate is not None
+        if gated:
+            gate = contiguous(_gate(gate, x.shape, x.dtype), "gate")  # one layout: one compiled kernel
         grad_x = empty(x.shape, x.dtype)
         if grad_x.size:
             indptr_t, indices_t, perm = transpose_pattern(n_cols, indptr, indices)
             grid, block = _tiled_grid(math.ceil(x.shape[0] / conv.SPARSE_NB) * x.shape[1], x.shape[2], x.shape[3])
             conv.sparse_conv2d_grad_input[grid, block](g, indptr_t, indices_t, perm, data, int(groups), *kernel,
-                                                       *stride, *padding, *dilation, grad_x)
+                                                       *stride, *padding, *dilation, gated,
+                                                       gate if gated else grad_x, grad_x)
     if need_weight:
         grad_w = empty((indices.shape[0],), x.dtype)
         if grad_w.size and 0 in x.shape[2:]:  # an empty input plane: every tap falls in the padding

@@ -529,7 +529,8 @@ def sparse_conv2d_fwd(x, indptr, indices, data, groups, kh, kw, sh, sw, ph, pw, 
 
 
 @cuda.jit(cache=True)
-def sparse_conv2d_grad_input(g, indptr_t, indices_t, perm, data, groups, kh, kw, sh, sw, ph, pw, dh, dw, gx):
+def sparse_conv2d_grad_input(g, indptr_t, indices_t, perm, data, groups, kh, kw, sh, sw, ph, pw, dh, dw, gated,
+                             gate, gx):
     """gx[n, c, a, b] = sum over the stored taps (o, c, p, q) that read x[n, c, a, b] of
     data[k] * g[n, o, r, j] with a = r*sh - ph + p*dh, b = j*sw - pw + q*dw.
 
@@ -540,7 +541,10 @@ def sparse_conv2d_grad_input(g, indptr_t, indices_t, perm, data, groups, kh, kw,
 
     A thread computes its input pixel for SPARSE_NB = 4 samples, as the forward does: a tap's
     two divisions and an entry's filter index and value serve four loads and multiply-adds
-    (the samples past N re-read the last sample and are not stored).
+    (the samples past N re-read the last sample and are not stored).  With ``gated`` each
+    element is stored times ``1 if gate[n, c, a, b] > 0 else 0`` (gate (N, C, H, W) C-contiguous,
+    the output of the ReLU before the layer: its backward in the same store, as in
+    conv2d_grad_input); without it gate is not read (pass gx).
     """
     n_c, h, w = gx.shape[1], gx.shape[2], gx.shape[3]
     n_o, out_h, out_w = g.shape[1], g.shape[2], g.shape[3]
@@ -598,6 +602,12 @@ def sparse_conv2d_grad_input(g, indptr_t, indices_t, perm, data, groups, kh, kw,
                     acc2 += value * tap2[uo]
                     acc3 += value * tap3[uo]
                 k += uint64(1)
+    if gated:
+        one = gx.dtype.type(1)
+        acc0 *= one if gate[n0, c, a, b] > zero else zero
+        acc1 *= one if gate[min(n0 + 1, last), c, a, b] > zero else zero
+        acc2 *= one if gate[min(n0 + 2, last), c, a, b] > zero else zero
+        acc3 *= one if gate[min(n0 + 3, last), c, a, b] > zero else zero
     gx[n0, c, a, b] = acc0
     if n0 + 1 <= last:
         gx[n0 + 1, c, a, b] = acc1

@@ -53,6 +53,16 @@ def _check_input(x, name="x", dtype=None):
     return kernels.ascontiguous(x)
 
 
+def _check_relu_output(relu_output, x):
+    """The gate of a fused ReLU backward: an array of x's shape and dtype (None passes through)."""
+    if relu_output is None:
+        return None
+    gate = _check_input(relu_output, "relu_output", x.dtype)
+    if tuple(gate.shape) != tuple(x.shape):
+        raise ValueError(f"relu_output must have x's shape {tuple(x.shape)}; got {tuple(gate.shape)}")
+    return gate
+
+
 def _output_size(x_shape, kernel, stride, padding, dilation, what):
     """(OH, OW), raising when the (dilated) kernel does not fit in the padded input."""
     out = tuple(kernels.conv2d_output_size(x_shape[2 + a], kernel[a], stride[a], padding[a], dilation[a])
@@ -206,11 +216,7 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
     """
     x, weight, stride, padding, dilation, out_hw = _check_dense_conv(x, weight, stride, padding, dilation, groups)
     g = _check_grad_out(grad_out, (x.shape[0], weight.shape[0]) + out_hw, weight.dtype)
-    gate = None
-    if need_input and relu_output is not None:
-        gate = _check_input(relu_output, "relu_output", weight.dtype)
-        if tuple(gate.shape) != tuple(x.shape):
-            raise ValueError(f"relu_output must have x's shape {tuple(x.shape)}; got {tuple(gate.shape)}")
+    gate = _check_relu_output(relu_output, x) if need_input else None
     grad_x, grad_w = kernels.conv2d_backward(g, x, weight, stride, padding, dilation, need_input, gate=gate)
     return grad_x, grad_w, kernels.channel_sum(g)
 
@@ -284,10 +290,11 @@ def sparse_conv2d(x, weight, kernel_size, bias=None, stride=1, padding=0, dilati
 
 
 def sparse_conv2d_backward(grad_out, x, weight, kernel_size, stride=1, padding=0, dilation=1, groups=1, *,
-                           need_input=True):
+                           need_input=True, relu_output=None):
     """Gradients of :func:`sparse_conv2d`; the weight gradient lives on the stored pattern.
 
-    ``need_input=False`` skips the input gradient (returned as None), as in :func:`conv2d_backward`.
+    ``need_input=False`` skips the input gradient (returned as None), and ``relu_output`` gates
+    it, as in :func:`conv2d_backward`.
 
     Returns
     -------
@@ -308,8 +315,9 @@ def sparse_conv2d_backward(grad_out, x, weight, kernel_size, stride=1, padding=0
     x, kernel, stride, padding, dilation, groups, out_hw = _check_sparse_conv(
         x, weight, kernel_size, stride, padding, dilation, groups)
     g = _check_grad_out(grad_out, (x.shape[0], weight.shape[0]) + out_hw, weight.dtype)
+    gate = _check_relu_output(relu_output, x) if need_input else None
     grad_x, grad_w = kernels.sparse_conv2d_backward(g, x, weight.indptr, weight.indices, weight.data, kernel,
-                                                    stride, padding, dilation, groups, need_input)
+                                                    stride, padding, dilation, groups, need_input, gate=gate)
     return grad_x, grad_w, kernels.channel_sum(g)
 
 

@@ -184,12 +184,13 @@ class SparseConv2d(_ConvBase):
         self._save((x, w))
         return y
 
-    def _backward(self, grad_out, need_input):
+    @gated_backward
+    def _backward(self, grad_out, need_input, relu_output=None):
         x, w = self._saved()
         if w is not self.weight.csr:
             raise RuntimeError("the sparsity pattern changed between forward and backward; run forward again")
         grad_x, grad_w, grad_b = F.sparse_conv2d_backward(grad_out, x, w, self.kernel_size, **self._geometry(),
-                                                          need_input=need_input)
+                                                          need_input=need_input, relu_output=relu_output)
         self.weight.accumulate_grad(grad_w, owned=True)
         if self.bias is not None:
             self.bias.accumulate_grad(grad_b, owned=True)

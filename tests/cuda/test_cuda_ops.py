@@ -78,7 +78,7 @@ def test_sparse_conv2d_of_an_empty_plane_is_the_bias(rng):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", SPARSE_CONV_CASES, ids=[f"case{i}" for i in range(len(SPARSE_CONV_CASES))])
-def test_sparse_conv2d_matches_dense_reference(rng, dtype, case):
+def test_sparse_conv2d_matches_dense_reference(rng, same_bits, relu_gate, dtype, case):
     x_shape, (o, kh, kw), stride, padding, dilation, groups, density, empty = case
     c_g = x_shape[1] // groups
     dense = rng.standard_normal((o, c_g * kh * kw)) * (rng.random((o, c_g * kh * kw)) < density)
@@ -107,6 +107,13 @@ def test_sparse_conv2d_matches_dense_reference(rng, dtype, case):
     only_w = K.sparse_conv2d_backward(_dev(g), _dev(x), wd.indptr, wd.indices, wd.data, *geometry,
                                       need_input=False)
     assert only_w[0] is None and only_w[1] is not None
+    gate = relu_gate(x)  # a ReLU's output: its backward applied as grad_x is stored, bit for bit
+    gated, _ = K.sparse_conv2d_backward(_dev(g), _dev(x), wd.indptr, wd.indices, wd.data, *geometry,
+                                        need_weight=False, gate=_dev(gate))
+    same_bits(_host(gated), _host(K.activation_backward("relu", _dev(gate), gx)))
+    with pytest.raises(ValueError, match="gated result's shape"):
+        K.sparse_conv2d_backward(_dev(g), _dev(x), wd.indptr, wd.indices, wd.data, *geometry,
+                                 gate=_dev(np.zeros(x.shape[:3] + (x.shape[3] + 1,), dtype)))
 
 
 @settings(max_examples=12, deadline=None)

@@ -98,6 +98,9 @@ FUSED_MODELS = {  # name: (factory, input shape, output shape)
                                         nn.Linear(7, 3, rng=1, dtype=dt)), (9, 5), (9, 3)),
     "conv": (lambda dt: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, rng=0, dtype=dt), nn.ReLU(),
                                       nn.Conv2d(3, 2, 2, rng=1, dtype=dt)), (2, 2, 4, 5), (2, 2, 3, 4)),
+    "sparse_conv": (lambda dt: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, rng=0, dtype=dt), nn.ReLU(),
+                                             nn.SparseConv2d(3, 2, 2, density=0.6, rng=1, dtype=dt)),
+                    (5, 2, 4, 5), (5, 2, 3, 4)),  # 5 samples: a partial group of SPARSE_NB = 4
 }
 
 

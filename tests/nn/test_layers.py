@@ -345,6 +345,9 @@ FUSED_MODELS = {  # name: (factory(dtype), input shape, output shape)
     "conv": (lambda dt: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, rng=0, dtype=dt), nn.ReLU(),
                                       nn.Conv2d(3, 2, 3, stride=2, rng=1, dtype=dt), nn.ReLU()),
              (2, 2, 6, 5), (2, 2, 2, 2)),
+    "sparse_conv": (lambda dt: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, rng=0, dtype=dt), nn.ReLU(),
+                                             nn.SparseConv2d(3, 2, 3, density=0.6, rng=1, dtype=dt)),
+                    (2, 2, 6, 5), (2, 2, 4, 3)),
 }
 
 
@@ -540,6 +543,10 @@ def test_functional_backwards_apply_relu_output_bit_for_bit(rng, same_bits, relu
     gate = relu_gate(xc)
     plain = F.conv2d_backward(gc, xc, wc)[0]
     same_bits(F.conv2d_backward(gc, xc, wc, relu_output=gate)[0], kernels.activation_backward("relu", gate, plain))
+    ws = CSRMatrix.from_dense(wc.reshape(2, -1) * (rng.random((2, 27)) < 0.5))
+    plain = F.sparse_conv2d_backward(gc, xc, ws, 3)[0]
+    same_bits(F.sparse_conv2d_backward(gc, xc, ws, 3, relu_output=gate)[0],
+              kernels.activation_backward("relu", gate, plain))
 
 
 def test_kernel_gates_are_checked_on_the_host(rng):
