@@ -679,10 +679,10 @@ def _backward_chain(layers, grad_out):
     backward as it computes its input gradient when it can (_fusable_backward)."""
     i = len(layers) - 1
     while i >= 0:
-        relu = layers[i - 1] if i > 0 else None
-        if relu is not None and relu._ctx is not None and _fusable_backward(relu, layers[i]):
-            grad_out = layers[i]._backward(grad_out, need_input=True, relu_output=relu._ctx)
-            relu._drop_saved()  # consumed, as its own backward would have
+        # A ReLU with nothing saved runs its own backward, which says so.
+        if i > 0 and _fusable_backward(layers[i - 1], layers[i]) and layers[i - 1]._ctx is not None:
+            grad_out = layers[i]._backward(grad_out, need_input=True, relu_output=layers[i - 1]._ctx)
+            layers[i - 1]._drop_saved()  # consumed, as its own backward would have
             i -= 2
         else:
             grad_out = layers[i].backward(grad_out)
