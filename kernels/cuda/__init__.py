@@ -218,16 +218,18 @@ def _same_dtype(**arrays):
         raise TypeError(f"CUDA kernels need one float dtype for all operands; got {listing}")
 
 
-def _gate(gate, shape, dtype):
-    """A ReLU-backward gate (a device array of the gated result's shape and dtype), checked
-    before any copy or transpose of it."""
+def _gate(gate, shape, dtype, layout=None):
+    """A ReLU-backward gate, or None: a device array of the gated result's shape and dtype,
+    checked before it is laid out for its kernel (default C-contiguous: one compiled variant)."""
+    if gate is None:
+        return None
     gate = as_device_array(gate, "gate")
     if tuple(gate.shape) != tuple(shape):
         raise ValueError(f"gate (a ReLU's output) must have the gated result's shape {tuple(shape)}; "
                          f"got {tuple(gate.shape)}")
     if gate.dtype != dtype:
         raise TypeError(f"gate must have the result's dtype {np.dtype(dtype)}; got {gate.dtype}")
-    return gate
+    return (layout or contiguous)(gate, "gate")
 
 
 def _pattern(indptr, indices):
@@ -376,9 +378,7 @@ def spmm_t(indptr, indices, data, n_col, g, gate=None, *, pattern_t=None):
     g_t = feature_major(g, "g")
     _same_dtype(data=data, g=g_t)
     out_t = empty((n_col, g_t.shape[1]), data.dtype)
-    gate_t = None
-    if gate is not None:
-        gate_t = feature_major(_gate(gate, (g_t.shape[1], n_col), data.dtype), "gate")
+    gate_t = _gate(gate, (g_t.shape[1], n_col), data.dtype, feature_major)
     _launch_spmm(indptr_t, indices_t, perm, True, data, g_t, out_t, gate_t=gate_t)
     return _transposed_view(out_t)
 
@@ -571,9 +571,8 @@ def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, ne
     _check_grad_out(g, x, o, (kh, kw), stride, padding, dilation)
     grad_x = grad_w = None
     if need_input:
+        gate = _gate(gate, x.shape, x.dtype)
         gated = gate is not None
-        if gated:
-            gate = contiguous(_gate(gate, x.shape, x.dtype), "gate")  # one layout: one compiled kernel
         grad_x = empty(x.shape, x.dtype)
         if grad_x.size:
             n, c, h, w = x.shape
@@ -707,9 +706,8 @@ def sparse_conv2d_backward(g, x, indptr, indices, data, kernel, stride, padding,
     n_cols = x.shape[1] // groups * kernel[0] * kernel[1]
     grad_x = grad_w = None
     if need_input:
+        gate = _gate(gate, x.shape, x.dtype)
         gated = gate is not None
-        if gated:
-            gate = contiguous(_gate(gate, x.shape, x.dtype), "gate")  # one layout: one compiled kernel
         grad_x = empty(x.shape, x.dtype)
         if grad_x.size:
             indptr_t, indices_t, perm = transpose_pattern(n_cols, indptr, indices)
@@ -1125,8 +1123,7 @@ def matmul(a, b, bias=None, relu=False, gate=None):
     if a.shape[1] != b.shape[0]:
         raise ValueError(f"matmul: inner dimensions differ: {tuple(a.shape)} @ {tuple(b.shape)}")
     bias = _epilogue_bias(bias, b.shape[1], a.dtype)
-    if gate is not None:
-        gate = contiguous(_gate(gate, (a.shape[0], b.shape[1]), a.dtype), "gate")  # one layout, one kernel
+    gate = _gate(gate, (a.shape[0], b.shape[1]), a.dtype)
     out = empty((a.shape[0], b.shape[1]), a.dtype)
     if out.size == 0:
         return out
