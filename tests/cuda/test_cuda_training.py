@@ -288,22 +288,30 @@ def test_fit_on_device_uploads_the_data_once_not_per_batch(rng, monkeypatch, shu
     changes what a batch is keeps the per-batch path, and both give the CPU's training."""
     from sparsenet import data, kernels
 
-    uploads = []
+    from sparsenet.kernels import cuda as kc
+
+    uploads, transposes = [], []
     to_device = kernels.to_device
     monkeypatch.setattr(kernels, "to_device", lambda a, device="cuda": uploads.append(np.shape(a)) or
                         to_device(a, device))
+    launch_transpose = kc._launch_transpose
+    monkeypatch.setattr(kc, "_launch_transpose", lambda *a: transposes.append(1) or launch_transpose(*a))
     x, y = _problem(rng)  # 40 samples: 3 batches of 16 per epoch
     losses = {}
     for name, loader_cls in (("resident", data.DataLoader), ("per-batch", type("MyLoader", (data.DataLoader,), {
             "__iter__": lambda self: data.DataLoader.__iter__(self)}))):
         model = _model().to("cuda")  # with dropout: its masks are drawn on the device, nothing goes up
         uploads.clear()
+        transposes.clear()
         hist = train.fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1),
                          loader_cls(x, y, batch_size=16, shuffle=shuffle, rng=0), epochs=2, progress=False,
                          device="cuda")
         losses[name] = hist["loss"]
         if name == "resident":
             assert sorted(uploads) == sorted([x.shape, y.shape] + [(40,)] * (2 if shuffle else 0))
+            # A shuffled batch is gathered feature-major, as the first sparse layer reads it; a
+            # stored-order batch is a C-ordered view, transposed once a step.
+            assert len(transposes) == (0 if shuffle else 2 * 3)
         else:
             assert len(uploads) == 2 * 3 * 2  # x and y of every batch
     cpu = _model()
