@@ -33,8 +33,9 @@ Suites (``--suite overhead,csr,conv,sparsity,dropout,train,jit``, default all):
   MLP 784-1000-1000-10 (density 0.04): the model on the GPU (batch uploaded inside the timing)
   against the same model on the CPU (Numba kernels, all cores), per batch size.
 * ``jit``: what a user's new process pays before its first GPU training step: the import, the
-  first step (compiling every kernel it launches) and the second, in a fresh process with an
-  empty numba cache and then in another that finds the first one's cache (``cache=True``).
+  model's move to the GPU, the first step (compiling every kernel it launches) and the second,
+  in fresh processes with an empty numba cache, with only the CPU kernels' cache kept, and with
+  both kept (``cache=True``); each run counts the CUDA kernels loaded and compiled.
 
 Every op gets warm-up calls (JIT compilation, cuSPARSE handle creation), then ``--repeat``
 launches between two CUDA events; the median of ``--trials`` such runs divided by ``--repeat``
@@ -678,9 +679,12 @@ def bench_train(batch, args):
 
 
 # ----------------------------------------------------------------------------- jit suite
-JIT_COLUMNS = [("case", "numba cache"), ("import", "import"), ("first", "first step"), ("second", "second step"),
-               ("process", "whole process")]
-# One SparseLinear MLP training step (the train suite's model and step) in a fresh process.
+JIT_COLUMNS = [("case", "numba cache"), ("import", "import"), ("setup", "model to GPU"), ("first", "first step"),
+               ("second", "second step"), ("process", "whole process"), ("cuda_hits", "CUDA kernels loaded"),
+               ("cuda_misses", "CUDA kernels compiled"), ("loss", "first loss")]
+# One SparseLinear MLP training step (the train suite's model and step) in a fresh process; it
+# prints its timings, how many CUDA kernel variants numba loaded from the cache or compiled, and
+# the first loss (the same in every run: cached code computes what compiled code does).
 JIT_SCRIPT = """
 import json, sys, time
 t0 = time.perf_counter()
@@ -688,33 +692,49 @@ import numpy as np
 from numba import cuda
 from sparsenet import kernels, nn, optim
 sizes, batch, steps = {sizes!r}, {batch}, {steps}
-t_import = time.perf_counter() - t0
+out = {{"import": time.perf_counter() - t0}}
+t = time.perf_counter()
 layers = []
 for i in range(len(sizes) - 1):
     layers += [nn.SparseLinear(sizes[i], sizes[i + 1], density={density}, rng=i), nn.ReLU()]
 model = nn.Sequential(*layers[:-1]).to("cuda")
+cuda.synchronize()
+out["setup"] = time.perf_counter() - t
 opt = optim.Adam(model.parameters(), lr=1e-3)
 crit = nn.CrossEntropyLoss()
 rng = np.random.default_rng(0)
 x = rng.standard_normal((batch, sizes[0]), dtype=np.float32)
 y = rng.integers(0, sizes[-1], batch)
-times = []
-for _ in range(steps):
+for name in ("first", "second")[:steps]:
     t = time.perf_counter()
     opt.zero_grad()
-    crit(model(kernels.to_device(x)), kernels.to_device(y))
+    loss = crit(model(kernels.to_device(x)), kernels.to_device(y))
     model.backward_params(crit.backward())
     opt.step()
     cuda.synchronize()
-    times.append(time.perf_counter() - t)
-print(json.dumps(dict(zip(("first", "second"), times), **{{"import": t_import}})))
+    out[name] = time.perf_counter() - t
+    out.setdefault("loss", repr(float(np.asarray(kernels.to_host(loss)).reshape(-1)[0])))  # a string: not a time
+hits = misses = 0
+for mod in [m for k, m in sys.modules.items() if k.startswith("sparsenet.kernels.cuda.")]:
+    for d in vars(mod).values():
+        stats = getattr(d, "stats", None)
+        if stats is not None and hasattr(stats, "cache_hits"):
+            hits += sum(stats.cache_hits.values())
+            misses += sum(stats.cache_misses.values())
+out.update(cuda_hits=hits, cuda_misses=misses)
+print(json.dumps(out))
 """
+# (case, numba cache subfolders removed before the run: "cuda_*" hold the CUDA kernels)
+JIT_RUNS = (("empty", "*"), ("CPU kernels cached, CUDA not", "cuda_*"), ("both cached", None))
 
 
 def bench_jit(args):
-    """Import, first and second step of a new process: empty numba cache, then the same cache
-    reused (rows in that order; a dry run: one process, one step, in the simulator)."""
+    """A new process's import, setup, first and second step, with an empty numba cache, with
+    only the CPU kernels cached (what cache=True on the CUDA kernels saves is this row minus
+    the next), and with both (a dry run: one process, one step, in the simulator)."""
+    import glob
     import json
+    import shutil
     import subprocess
     import tempfile
 
@@ -725,13 +745,22 @@ def bench_jit(args):
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=os.pathsep.join(
             [p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p]))
-        for case in ("empty",) if args.dry_run else ("empty", "filled by the run above"):
+        for case, removed in JIT_RUNS[:1] if args.dry_run else JIT_RUNS:
+            for path in glob.glob(os.path.join(cache, removed)) if removed else ():
+                shutil.rmtree(path)
             t = time.perf_counter()
-            done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                                  timeout=300)
+            try:
+                done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                                      timeout=300)
+            except subprocess.TimeoutExpired:
+                print(f"jit suite: the '{case}' run took over 300 s", file=sys.stderr)
+                rows.append({"case": case})
+                continue
             wall = time.perf_counter() - t
             if done.returncode != 0:
-                print(f"jit suite: the {case} run failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+                if args.dry_run:  # the plumbing check is what a dry run is for
+                    raise RuntimeError(f"jit suite: the '{case}' run failed:\n{done.stderr[-2000:]}")
+                print(f"jit suite: the '{case}' run failed:\n{done.stderr[-2000:]}", file=sys.stderr)
                 rows.append({"case": case})
                 continue
             rows.append({"case": case, "process": wall, **json.loads(done.stdout.strip().splitlines()[-1])})

@@ -15,9 +15,10 @@ out="${OUT:-gpu-results}"
 mkdir -p "$out"
 export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1 NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS=0
 export SPARSENET_EXPECT_GPU=1 CI=1  # tests/cuda refuses to skip; hypothesis' CI profile
-# Kernels are cached on disk (cache=True): one fresh cache per session, shared by its stages (the
-# benchmarks load what the tests compiled), never one a previous call on this machine left with
-# kernels built from other sources (numba keys a kernel on its own file, not on block.py's).
+# Kernels are cached on disk (cache=True): one fresh cache per session, never one a previous call
+# on this machine left with kernels built from other sources (numba keys a kernel on its own file,
+# not on block.py's).  The test workers each take a subfolder (tests/conftest.py: concurrent
+# saves into one folder can mix up variants), the benchmarks the folder itself.
 export NUMBA_CACHE_DIR="$(mktemp -d)"
 # The caching allocator (kernels/cuda/memory.py) is opt-in until a GPU has proven it: the tests
 # and the main benchmark run through it, the last stage times the host-bound suites without it.

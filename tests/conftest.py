@@ -1,4 +1,5 @@
 import os
+import sys
 import zlib
 
 import numpy as np
@@ -8,6 +9,23 @@ from hypothesis import settings
 settings.register_profile("ci", deadline=None, derandomize=True, max_examples=40)
 settings.register_profile("dev", deadline=None, max_examples=60)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+def pytest_configure(config):
+    """pytest-xdist workers sharing one explicit NUMBA_CACHE_DIR each get a subfolder of it.
+
+    numba saves a new compiled variant under the lowest free file number without a lock, so two
+    processes compiling one kernel for two dtypes at once can leave an index entry pointing at
+    the other's code (numba/numba#10128): wrong results for every later process.  Applied
+    where the cache dir is set explicitly (bench/gpu_session.sh); the in-tree default is left
+    alone.  A plugin may have imported numba already: its config modules are updated too.
+    """
+    worker, base = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("NUMBA_CACHE_DIR")
+    if worker and base:
+        os.environ["NUMBA_CACHE_DIR"] = os.path.join(base, worker)
+        for name in ("numba.core.config", "numba.cuda.core.config"):
+            if name in sys.modules:
+                sys.modules[name].CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
 
 
 @pytest.fixture

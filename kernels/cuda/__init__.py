@@ -30,7 +30,7 @@ Every kernel is compiled with ``cache=True``: numba keeps the machine code on di
 kernel modules, or under ``NUMBA_CACHE_DIR``), keyed on the argument types and the GPU's compute
 capability, so a new process loads a training step's kernels instead of compiling each (about a
 second apiece).  The key covers a kernel's own file only: after editing a device function or
-constant another module supplies (``block.py``, ``philox.py``), clear the cache.
+constant another module supplies (``block.py``, ``scalar.py``, ``philox.py``), clear the cache.
 """
 import math
 import weakref
