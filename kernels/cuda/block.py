@@ -98,12 +98,56 @@ def tile_mma(ta, tb, acc, ra, rb, threads, reg, tile_k):
         kk += uint32(1)
 
 
+def _numba_cuda_config():
+    try:
+        from numba.cuda.core import config  # noqa: PLC0415  (numba-cuda >= 0.2x)
+    except ImportError:  # pragma: no cover - older numba-cuda
+        from numba import config  # noqa: PLC0415
+    return config
+
+
+_CONFIG = _numba_cuda_config()
+
+
+class Kernel:
+    """A sparsenet CUDA kernel: ``cuda.jit(cache=True)``, launched as ``kernel[grid, block](...)``.
+
+    numba warns (``NumbaPerformanceWarning``) at every launch of fewer than 128 blocks.  Our
+    grids are sized beside each launch and are small on purpose (a one-block reduction, a
+    layer's bias, a batch of 32 rows): the warning would flood a user's first GPU steps with
+    messages about launches they do not control, so it is off while a launch of ours is
+    configured and stays on for the user's own kernels.  Everything else (``py_func``,
+    ``targetoptions``, the cache) is the numba dispatcher's.
+    """
+
+    __slots__ = ("dispatcher",)
+
+    def __init__(self, dispatcher):
+        self.dispatcher = dispatcher
+
+    def __getitem__(self, launch):
+        warn = _CONFIG.CUDA_LOW_OCCUPANCY_WARNINGS
+        _CONFIG.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+        try:
+            return self.dispatcher[launch]
+        finally:
+            _CONFIG.CUDA_LOW_OCCUPANCY_WARNINGS = warn
+
+    def __getattr__(self, name):
+        return getattr(self.dispatcher, name)
+
+
+def kernel(fn):
+    """Decorator of every sparsenet CUDA kernel (see :class:`Kernel`)."""
+    return Kernel(cuda.jit(cache=True)(fn))
+
+
 def jit_fitting(max_threads, min_blocks):
-    """``cuda.jit(cache=True)`` asking the compiler to fit ``min_blocks`` blocks of
-    ``max_threads`` threads on one SM (CUDA's ``__launch_bounds__``): a register cap of
+    """:func:`kernel` asking the compiler to fit ``min_blocks`` blocks of ``max_threads``
+    threads on one SM (CUDA's ``__launch_bounds__``): a register cap of
     65536 / (max_threads * min_blocks).  Without launch bounds where they are not a parameter:
     the simulator's jit, and numba-cuda releases before them, whose jit would take the keyword
     silently and then fail at the first launch."""
     if "launch_bounds" not in inspect.signature(cuda.jit).parameters:
-        return cuda.jit(cache=True)
-    return cuda.jit(cache=True, launch_bounds=(max_threads, min_blocks))
+        return kernel
+    return lambda fn: Kernel(cuda.jit(cache=True, launch_bounds=(max_threads, min_blocks))(fn))

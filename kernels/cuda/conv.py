@@ -36,7 +36,7 @@ channel_sum           (RED_THREADS,)        (O,)
 """
 from numba import cuda, int32, int64, uint32, uint64
 
-from .block import block_sum, fill_tile, jit_fitting, tile_mma, unravel4
+from .block import block_sum, fill_tile, jit_fitting, kernel, tile_mma, unravel4
 
 CONV_TX = 32  # the weight-sparse kernels' pixel tiles
 CONV_TY = 8
@@ -187,7 +187,7 @@ def _output_reading(pos, pad, tap, dil, stride, n_out):
     return i * uint32(stride) == uint32(t) and i < uint32(n_out), i  # would go through float64
 
 
-@cuda.jit(cache=True)
+@kernel
 def conv2d_grad_input(g, weight, kh, kw, sh, sw, ph, pw, dh, dw, gated, gate, gx):
     """gx[n, c, a, b] = sum over o in c's group and taps (p, q) with a = r*sh - ph + p*dh,
     b = j*sw - pw + q*dw of weight[o, c - c0, p, q] * g[n, o, r, j].
@@ -383,7 +383,7 @@ def conv2d_grad_weight(g, x, kh, kw, sh, sw, ph, pw, dh, dw, steps_per_split, pa
                     part[split, o_first + o, k] = acc[i, j]
 
 
-@cuda.jit(cache=True)
+@kernel
 def split_sum(part, out):
     """out[i] = sum_s part[s, i], s in order (the split-K partial sums of conv2d_grad_weight).
     part (splits, n) C-contiguous; out (n,) overwritten.  Grid-stride, coalesced."""
@@ -394,7 +394,7 @@ def split_sum(part, out):
         out[i] = acc
 
 
-@cuda.jit(cache=True)
+@kernel
 def channel_sum(g, out):
     """out[o] = sum_{n, r, j} g[n, o, r, j] (the bias gradient).  g (N, O, OH, OW); out (O,)."""
     red = cuda.shared.array(RED_THREADS, dtype=out.dtype)
@@ -440,7 +440,7 @@ def _wrap32(v):
     return uint32(int64(v) & 0xFFFFFFFF)
 
 
-@cuda.jit(cache=True)
+@kernel
 def sparse_conv2d_fwd(x, indptr, indices, data, groups, kh, kw, sh, sw, ph, pw, dh, dw, bias, out):
     """out[n, o, r, j] = bias[o] + sum over row o's stored taps k, col = (c, p, q), of
     data[k] * x[n, c0 + c, r*sh - ph + p*dh, j*sw - pw + q*dw] (c0: first channel of o's group;
@@ -528,7 +528,7 @@ def sparse_conv2d_fwd(x, indptr, indices, data, groups, kh, kw, sh, sw, ph, pw, 
             out[n0 + 3, o, r, j] = acc3 + shift
 
 
-@cuda.jit(cache=True)
+@kernel
 def sparse_conv2d_grad_input(g, indptr_t, indices_t, perm, data, groups, kh, kw, sh, sw, ph, pw, dh, dw, gated,
                              gate, gx):
     """gx[n, c, a, b] = sum over the stored taps (o, c, p, q) that read x[n, c, a, b] of
@@ -617,7 +617,7 @@ def sparse_conv2d_grad_input(g, indptr_t, indices_t, perm, data, groups, kh, kw,
         gx[n0 + 3, c, a, b] = acc3
 
 
-@cuda.jit(cache=True)
+@kernel
 def sparse_conv2d_grad_weight(g, x, chunks, indices, groups, kh, kw, sh, sw, ph, pw, dh, dw, gw):
     """gw[k] = sum_{n, r, j} g[n, o, r, j] * x[n, c0 + c, r*sh - ph + p*dh, j*sw - pw + q*dw] for
     stored entry k = (o, col = (c, p, q)): the weight gradient on the pattern only.
@@ -722,7 +722,7 @@ LOCAL_THREADS = 256
 LOCAL_MAX_BLOCKS = 16384
 
 
-@cuda.jit(cache=True)
+@kernel
 def local2d_fwd(x, weight, bias, kh, kw, sh, sw, ph, pw, out):
     """out[n, o, r, j] = bias[o, r, j] + sum_{c, p, q} weight[r, j, o, (c, p, q)] *
     x[n, c, r*sh - ph + p, j*sw - pw + q] (taps in the padding add nothing).
@@ -747,7 +747,7 @@ def local2d_fwd(x, weight, bias, kh, kw, sh, sw, ph, pw, out):
         out[n, o, r, j] = acc
 
 
-@cuda.jit(cache=True)
+@kernel
 def local2d_grad_input(g, weight, kh, kw, sh, sw, ph, pw, gx):
     """gx[n, c, a, b] = sum over the positions (r, j) whose window covers (a, b) at tap (p, q)
     (a = r*sh - ph + p, b = j*sw - pw + q) and over o of weight[r, j, o, (c, p, q)] * g[n, o, r, j].
@@ -775,7 +775,7 @@ def local2d_grad_input(g, weight, kh, kw, sh, sw, ph, pw, gx):
         gx[n, c, a, b] = acc
 
 
-@cuda.jit(cache=True)
+@kernel
 def local2d_grad_weight(g, x, kh, kw, sh, sw, ph, pw, gw):
     """gw[r, j, o, (c, p, q)] = sum_n g[n, o, r, j] * x[n, c, r*sh - ph + p, j*sw - pw + q].
 

@@ -29,7 +29,7 @@ The wrappers compute these beside each launch from the constants below.
 """
 from numba import cuda, uint32, uint64
 
-from .block import block_sum
+from .block import block_sum, kernel
 
 WARP = 32
 
@@ -53,7 +53,7 @@ FILL_THREADS = 256
 FILL_MAX_BLOCKS = 4096
 
 
-@cuda.jit(cache=True)
+@kernel
 def csr_spmm(indptr, indices, perm, gather, data, x_t, bias, has_bias, relu, gated, gate_t, out_t):
     """out_t[i, :] = sum_k data[src(k)] * x_t[indices[k], :] (+ bias[i]) over row i's stored entries.
 
@@ -241,7 +241,7 @@ def _sddmm_row(indptr, indices, g_t, x_t, out, partial):
             out[e0 + e] = acc
 
 
-@cuda.jit(cache=True)
+@kernel
 def csr_sddmm(indptr, indices, g_t, x_t, out):
     """out[k] = sum_b g_t[i, b] * x_t[indices[k], b] for every stored entry k of row i.
 
@@ -264,7 +264,7 @@ def csr_sddmm(indptr, indices, g_t, x_t, out):
     _sddmm_row(indptr, indices, g_t, x_t, out, partial)
 
 
-@cuda.jit(cache=True)
+@kernel
 def csr_sddmm_bias(indptr, indices, g_t, x_t, out, bias_out):
     """:func:`csr_sddmm`, and bias_out[i] = sum_b g_t[i, b]: a sparse layer's weight and bias
     gradients from one launch.
@@ -292,7 +292,7 @@ def csr_sddmm_bias(indptr, indices, g_t, x_t, out, bias_out):
     _sddmm_row(indptr, indices, g_t, x_t, out, partial)
 
 
-@cuda.jit(cache=True)
+@kernel
 def transpose_2d(a, out):
     """out[j, i] = a[i, j]: a (R, C) of any strides -> out (C, R) C-contiguous, overwritten.
 
@@ -320,7 +320,7 @@ def transpose_2d(a, out):
             out[i, j] = tile[tx, r]
 
 
-@cuda.jit(cache=True)
+@kernel
 def fill(out, value):
     """out[:] = value for a 1-D array (grid-stride loop, coalesced).  O(n)."""
     start = cuda.grid(1)

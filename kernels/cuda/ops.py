@@ -28,7 +28,7 @@ import math
 from numba import cuda, int64, uint64
 
 from ..philox import LOW32, SHIFT32, ZERO, philox4x32
-from .block import block_sum, fill_tile, tile_mma, unravel4
+from .block import block_sum, fill_tile, kernel, tile_mma, unravel4
 
 # inline: a separately compiled device function needs a live GPU to link (see block.py).
 _philox = cuda.jit(device=True, inline="always")(philox4x32)
@@ -51,7 +51,7 @@ MM_TILE_PAD = MM_TILE + 1
 RELU, LEAKY_RELU, TANH, SIGMOID = 0, 1, 2, 3
 
 
-@cuda.jit(cache=True)
+@kernel
 def activation_fwd(kind, slope, x, out):
     """out[i] = act(x[i]) for act in (ReLU, LeakyReLU(slope), tanh, sigmoid).  x, out (n,)."""
     zero = x.dtype.type(0)
@@ -73,7 +73,7 @@ def activation_fwd(kind, slope, x, out):
         out[i] = r
 
 
-@cuda.jit(cache=True)
+@kernel
 def activation_bwd(kind, slope, saved, g, out):
     """out[i] = g[i] * act'(.) from what forward kept: the output y for ReLU, tanh and sigmoid,
     the input x for LeakyReLU.  saved, g, out (n,)."""
@@ -93,7 +93,7 @@ def activation_bwd(kind, slope, saved, g, out):
         out[i] = g[i] * d
 
 
-@cuda.jit(cache=True)
+@kernel
 def dropout(key0, key1, threshold, scale, x, out, n_row, n_col, row_stride, col_stride, rows_fast):
     """Dropout of the (n_row, n_col) matrix laid out in x with element strides (row_stride,
     col_stride): out[i] = x[i] * scale where the Philox word of (r, c) is >= threshold, else 0.
@@ -133,7 +133,7 @@ def dropout(key0, key1, threshold, scale, x, out, n_row, n_col, row_stride, col_
                 out[i] = x[i] * s if int64(w3) >= threshold else zero
 
 
-@cuda.jit(cache=True)
+@kernel
 def soft_threshold_inplace(x, t):
     """x[i] <- sign(x[i]) * max(|x[i]| - t, 0) in place (the L1 proximal step); NaN stays NaN,
     as on the host.  x (n,)."""
@@ -150,7 +150,7 @@ def soft_threshold_inplace(x, t):
             x[i] = zero
 
 
-@cuda.jit(cache=True)
+@kernel
 def hard_threshold_inplace(x, t):
     """x[i] <- 0 where |x[i]| < t, in place (the L0 proximal step; NaN kept).  x (n,)."""
     s = x.dtype.type(t)
@@ -159,7 +159,7 @@ def hard_threshold_inplace(x, t):
             x[i] = 0
 
 
-@cuda.jit(cache=True)
+@kernel
 def group_soft_threshold_segments(x, indptr, perm, gather, t):
     """Group soft threshold in place, group g = x[src(k)] for k in [indptr[g], indptr[g+1]):
     x_g *= max(0, 1 - t * sqrt(n_g) / ||x_g||), 0 when ||x_g|| = 0 (NaN entries stay NaN, as on
@@ -191,14 +191,14 @@ def group_soft_threshold_segments(x, indptr, perm, gather, t):
             x[k] *= scale
 
 
-@cuda.jit(cache=True)
+@kernel
 def mul_inplace(dst, src):
     """dst[i] *= src[i] (re-applying a pruning mask).  dst, src (n,)."""
     for i in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
         dst[i] *= src[i]
 
 
-@cuda.jit(cache=True)
+@kernel
 def add_inplace(dst, src):
     """dst[i] += src[i] (gradient accumulation).  dst, src (n,)."""
     for i in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
@@ -215,7 +215,7 @@ def _batch_feature(idx, n_b, n_f, batch_fastest):
     return b, idx - b * n_f
 
 
-@cuda.jit(cache=True)
+@kernel
 def bias_add(y, bias, batch_fastest):
     """y[b, f] += bias[f] in place, y (B, F) of any strides; ``batch_fastest`` walks b fastest
     (F-ordered y, the sparse products' output) so a warp's stores are consecutive."""
@@ -225,7 +225,7 @@ def bias_add(y, bias, batch_fastest):
         y[b, f] += bias[f]
 
 
-@cuda.jit(cache=True)
+@kernel
 def kl_code_grad_add(rho, scale, eps, colsum, g, batch_fastest):
     """g[b, f] += scale * (-rho / m_f + (1 - rho) / (1 - m_f)), m_f = clip(colsum[f] / B, eps,
     1 - eps): the KL sparsity penalty's gradient (scale = beta / B).  g (B, F) any strides,
@@ -250,7 +250,7 @@ def kl_code_grad_add(rho, scale, eps, colsum, g, batch_fastest):
         g[b, f] += s * (-r / m + (one - r) / q)
 
 
-@cuda.jit(cache=True)
+@kernel
 def l1_code_grad_add(scale, h, g, batch_fastest):
     """g[b, f] += scale * sign(h[b, f]) (NaN stays NaN): the L1 activity penalty's gradient
     (scale = beta / B).  h, g (B, F) any strides."""
@@ -264,7 +264,7 @@ def l1_code_grad_add(scale, h, g, batch_fastest):
         g[b, f] += d
 
 
-@cuda.jit(cache=True)
+@kernel
 def batch_sum(g, out):
     """out[f] = sum_b g[b, f]: one block per feature, fixed tree reduction.  g (B, F), out (F,)."""
     red = cuda.shared.array(RED_THREADS, dtype=out.dtype)
@@ -279,7 +279,7 @@ def batch_sum(g, out):
         out[f] = total
 
 
-@cuda.jit(cache=True)
+@kernel
 def matmul(a, b, bias, has_bias, relu, gated, gate, out):
     """out = a @ b (+ bias) for a (M, K), b (K, N) of any strides (transposes are views); out
     (M, N); with ``has_bias`` bias (N,) is added as out is stored (else not read), and with
@@ -339,7 +339,7 @@ def matmul(a, b, bias, has_bias, relu, gated, gate, out):
                 out[i, j] = v
 
 
-@cuda.jit(cache=True)
+@kernel
 def copy_2d(a, out):
     """out[i, j] = a[i, j]; a of any strides, out C-contiguous (i fastest thread: j)."""
     n_i, n_j = out.shape[0], out.shape[1]
@@ -348,7 +348,7 @@ def copy_2d(a, out):
         out[i, idx - i * n_j] = a[i, idx - i * n_j]
 
 
-@cuda.jit(cache=True)
+@kernel
 def take_rows(src, idx, out):
     """out[b, :] = src[idx[b], :] (a shuffled mini-batch gathered from a device-resident data
     set).  src (n, F), out (B, F) C-contiguous, idx (B,) in [0, n) (not checked: the trainer's
@@ -360,7 +360,7 @@ def take_rows(src, idx, out):
         out[b, f] = src[idx[b], f]
 
 
-@cuda.jit(cache=True)
+@kernel
 def take_rows_t(src, idx, out_t):
     """out_t[f, b] = src[idx[b], f]: take_rows written feature-major, the layout the sparse
     products read (a shuffled batch then needs no transpose kernel).  src (n, F), out_t (F, B)
@@ -373,7 +373,7 @@ def take_rows_t(src, idx, out_t):
         out_t[f, b] = src[idx[b], f]
 
 
-@cuda.jit(cache=True)
+@kernel
 def copy_4d(a, out):
     """out[...] = a[...] for 4-D arrays; a of any strides, out C-contiguous."""
     n1, n2, n3 = out.shape[1], out.shape[2], out.shape[3]
@@ -382,7 +382,7 @@ def copy_4d(a, out):
         out[i, j, k, l] = a[i, j, k, l]
 
 
-@cuda.jit(cache=True)
+@kernel
 def cross_entropy_fwd(logits, target, out):
     """out[0] = mean_i (logsumexp(logits[i]) - logits[i, target[i]]); one block.
 
@@ -412,7 +412,7 @@ def cross_entropy_fwd(logits, target, out):
         out[0] = total / out.dtype.type(n_b)
 
 
-@cuda.jit(cache=True)
+@kernel
 def cross_entropy_bwd(logits, target, scale, grad):
     """grad[i, j] = scale * (softmax(logits[i])[j] - [j == target[i]]), scale = grad_out / B.
 
@@ -437,7 +437,7 @@ def cross_entropy_bwd(logits, target, scale, grad):
             grad[i, j] = grad.dtype.type(math.nan) if bad else v * s_
 
 
-@cuda.jit(cache=True)
+@kernel
 def mse_fwd(x, t, out):
     """out[0] = mean_i (x[i] - t[i])^2 over flat views; one block.  x, t (n,), out (1,)."""
     red = cuda.shared.array(RED_THREADS, dtype=out.dtype)
@@ -452,7 +452,7 @@ def mse_fwd(x, t, out):
         out[0] = total / out.dtype.type(x.shape[0])
 
 
-@cuda.jit(cache=True)
+@kernel
 def mse_bwd(x, t, scale, out):
     """out[i] = scale * (x[i] - t[i]), scale = 2 grad_out / n.  Flat views (n,)."""
     s = out.dtype.type(scale)
@@ -460,7 +460,7 @@ def mse_bwd(x, t, scale, out):
         out[i] = (x[i] - t[i]) * s
 
 
-@cuda.jit(cache=True)
+@kernel
 def accumulate_metrics(loss, batch, logits, target, has_target, acc):
     """acc[0] += loss[0] * batch; acc[1] += #{i: argmax logits[i] == target[i]} (first maximum on
     ties, as NumPy's argmax); acc[2] += batch.  One block; acc (3,) float64 stays on the device
@@ -488,7 +488,7 @@ def accumulate_metrics(loss, batch, logits, target, has_target, acc):
 
 # ----------------------------------------------------------------------------- batch norm
 # x is viewed as (N, C, S): S = 1 for (N, C), L for (N, C, L), H*W for (N, C, H, W).
-@cuda.jit(cache=True)
+@kernel
 def channel_moments(x, mean, var):
     """mean[c], var[c] (biased) over (n, s) of x (N, C, S): one block per channel, two passes
     (mean, then squared deviations: no cancellation), fixed tree reductions."""
@@ -515,7 +515,7 @@ def channel_moments(x, mean, var):
         var[c] = total / var.dtype.type(count)
 
 
-@cuda.jit(cache=True)
+@kernel
 def batch_norm_running(mean, var, momentum, keep, unbias, running_mean, running_var):
     """running = keep running + momentum batch (keep = 1 - momentum, computed by the caller in
     float64 as the host does), the variance unbiased by ``unbias`` = M / (M - 1)."""
@@ -527,7 +527,7 @@ def batch_norm_running(mean, var, momentum, keep, unbias, running_mean, running_
         running_var[c] = keep * running_var[c] + m * var[c] * u
 
 
-@cuda.jit(cache=True)
+@kernel
 def batch_norm_apply(x, mean, var, eps, weight, bias, affine, xhat, invstd, y):
     """invstd[c] = 1/sqrt(var[c] + eps); xhat = (x - mean[c]) invstd[c]; y = xhat weight[c] + bias[c]
     (y = xhat when not ``affine``).  x, xhat, y (N, C, S); the rest (C,)."""
@@ -546,7 +546,7 @@ def batch_norm_apply(x, mean, var, eps, weight, bias, affine, xhat, invstd, y):
         y[n, c, s] = v * weight[c] + bias[c] if affine else v
 
 
-@cuda.jit(cache=True)
+@kernel
 def batch_norm_grad_sums(g, xhat, sum_g, sum_gx):
     """sum_g[c] = sum g[:, c, :], sum_gx[c] = sum (g xhat)[:, c, :]: one block per channel."""
     red = cuda.shared.array(RED_THREADS, dtype=sum_g.dtype)
@@ -569,7 +569,7 @@ def batch_norm_grad_sums(g, xhat, sum_g, sum_gx):
         sum_gx[c] = total_gx
 
 
-@cuda.jit(cache=True)
+@kernel
 def batch_norm_grad_input(g, xhat, invstd, weight, affine, sum_g, sum_gx, use_batch, inv_m, gx):
     """gx = w (g - sum_g/M - xhat sum_gx/M) invstd with batch statistics (inv_m = 1/M, M = N*S),
     or w g invstd with running ones; w = weight[c] (1 when not ``affine``).  (N, C, S) arrays."""
@@ -588,7 +588,7 @@ def batch_norm_grad_input(g, xhat, invstd, weight, affine, sum_g, sum_gx, use_ba
 
 
 # ----------------------------------------------------------------------------- softmax
-@cuda.jit(cache=True)
+@kernel
 def softmax_rows(x, out):
     """out[i] = softmax(x[i]) over the last axis of (R, K): a thread per row, the row maximum
     subtracted first (no overflow).  Lanes on consecutive rows."""
@@ -606,7 +606,7 @@ def softmax_rows(x, out):
             out[i, k] /= s
 
 
-@cuda.jit(cache=True)
+@kernel
 def softmax_rows_backward(y, g, out):
     """out[i] = y[i] * (g[i] - <g[i], y[i]>) for (R, K) arrays: the softmax Jacobian times g."""
     n_k = y.shape[1]

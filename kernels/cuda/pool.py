@@ -16,11 +16,13 @@ without a GPU.  Geometry: 1-D blocks of POOL_THREADS, grid min(ceil(total / POOL
 """
 from numba import cuda
 
+from .block import kernel
+
 POOL_THREADS = 256
 POOL_MAX_BLOCKS = 16384
 
 
-@cuda.jit(cache=True)
+@kernel
 def max_pool2d_fwd(x, kh, kw, sh, sw, ph, pw, out):
     """out[n, c, r, j] = max of x[n, c] over the window at (r*sh - ph, j*sw - pw).
 
@@ -47,7 +49,7 @@ def max_pool2d_fwd(x, kh, kw, sh, sw, ph, pw, out):
         out[n, c, r, j] = m
 
 
-@cuda.jit(cache=True)
+@kernel
 def max_pool2d_bwd(g, x, kh, kw, sh, sw, ph, pw, gx):
     """gx[n, c, a, b] = sum of g[n, c, r, j] over the windows whose argmax is (a, b).
 
@@ -94,7 +96,7 @@ def max_pool2d_bwd(g, x, kh, kw, sh, sw, ph, pw, gx):
         gx[n, c, a, b] = acc
 
 
-@cuda.jit(cache=True)
+@kernel
 def avg_pool2d_fwd(x, kh, kw, sh, sw, ph, pw, scale, out):
     """out[n, c, r, j] = (sum of x[n, c] over the clipped window) * scale, scale = 1/(KH*KW).
 
@@ -118,7 +120,7 @@ def avg_pool2d_fwd(x, kh, kw, sh, sw, ph, pw, scale, out):
         out[n, c, r, j] = s * scale
 
 
-@cuda.jit(cache=True)
+@kernel
 def avg_pool2d_bwd(g, kh, kw, sh, sw, ph, pw, scale, gx):
     """gx[n, c, a, b] = sum over the windows containing (a, b) of g[n, c, r, j] * scale.
 

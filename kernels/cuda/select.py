@@ -35,7 +35,7 @@ zero_selected     (SELECT_THREADS,)    (n_blocks,), the chunks of radix_histogra
 """
 from numba import cuda, types
 
-from .block import block_scan, block_sum
+from .block import block_scan, block_sum, kernel
 
 RADIX_BITS = 8
 RADIX = 1 << RADIX_BITS
@@ -50,7 +50,7 @@ def _key(bits, mask, nan_key):
     return min(bits & mask, nan_key)
 
 
-@cuda.jit(cache=True)
+@kernel
 def radix_histogram(keys, mask, nan_key, chunk, first, hi_mask, shift, state, hist):
     """hist[b, d] = #keys in block b's chunk with (key & hi_mask) == prefix and digit d at ``shift``.
 
@@ -76,7 +76,7 @@ def radix_histogram(keys, mask, nan_key, chunk, first, hi_mask, shift, state, hi
         hist[b, d] = counts[d]
 
 
-@cuda.jit(cache=True)
+@kernel
 def radix_pick(hist, shift, first, rank0, state):
     """Choose the digit at ``shift`` of the rank-th smallest candidate key.
 
@@ -111,7 +111,7 @@ def radix_pick(hist, shift, first, rank0, state):
             r -= count
 
 
-@cuda.jit(cache=True)
+@kernel
 def zero_selected(keys, mask, nan_key, chunk, state, hist):
     """keys[i] = 0 (the float +0.0) for every key below T = state[0] and the first r = state[1]
     keys equal to T in memory order.

@@ -12,6 +12,7 @@ as kernel arguments, so a training step never reads anything back from the devic
 """
 from numba import cuda
 
+from .block import kernel
 from .scalar import adam_element, sgd_element
 
 UPDATE_THREADS = 256
@@ -21,7 +22,7 @@ _sgd_element = cuda.jit(device=True)(sgd_element)
 _adam_element = cuda.jit(device=True)(adam_element)
 
 
-@cuda.jit(cache=True)
+@kernel
 def sgd_update(lr, momentum, dampening, weight_decay, nesterov, first, param, grad, buf):
     """One SGD step in place (PyTorch's rule, see ``scalar.sgd_element``).
 
@@ -39,7 +40,7 @@ def sgd_update(lr, momentum, dampening, weight_decay, nesterov, first, param, gr
             buf[i] = b
 
 
-@cuda.jit(cache=True)
+@kernel
 def adam_update(lr, beta1, beta2, eps, weight_decay, decoupled, step_size, bias_correction2_sqrt,
                 param, grad, exp_avg, exp_avg_sq):
     """One Adam / AdamW step in place (PyTorch's rule, see ``scalar.adam_element``).

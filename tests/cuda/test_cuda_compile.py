@@ -234,17 +234,44 @@ def test_block_geometry_the_kernels_rely_on():
 
 
 def test_every_kernel_caches_its_machine_code(compile_ptx):
-    """Each kernel is built with cache=True (a new process loads a training step's kernels from
-    disk instead of compiling them, about a second each); a kernel added without it fails here."""
+    """Each kernel is a block.Kernel built with cache=True (a new process loads a training
+    step's kernels from disk instead of compiling them, about a second each); a kernel added
+    with a plain cuda.jit fails here."""
     import importlib
 
     from numba.cuda.dispatcher import CUDADispatcher
+
+    from sparsenet.kernels.cuda.block import Kernel
 
     found = 0
     for name in ("conv", "csr", "ops", "pool", "select", "update"):
         module = importlib.import_module(f"sparsenet.kernels.cuda.{name}")
         for attr, value in vars(module).items():
-            if isinstance(value, CUDADispatcher) and not value.targetoptions.get("device"):
+            if isinstance(value, CUDADispatcher):
+                assert value.targetoptions.get("device"), f"{name}.{attr}: a kernel not made by block.kernel"
+            elif isinstance(value, Kernel):
                 found += 1
                 assert value._cache.__class__.__name__ == "CUDACache", f"{name}.{attr} is not cached"
     assert found >= 50
+
+
+def test_our_small_launches_do_not_warn_but_a_users_do():
+    """numba's low-occupancy warning (grids under 128 blocks) is off while one of our launches
+    is configured, and on again for the user's own kernels.  Configuring a launch needs no GPU."""
+    import warnings
+
+    from numba import cuda
+    from numba.cuda.core.errors import NumbaPerformanceWarning  # numba-cuda's own class
+
+    from sparsenet.kernels.cuda import ops
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NumbaPerformanceWarning)
+        ops.bias_add[1, 32]  # one block: would warn
+
+        @cuda.jit
+        def users(a):
+            a[0] = 1
+
+        with pytest.raises(NumbaPerformanceWarning, match="Grid size 1"):
+            users[1, 32]
