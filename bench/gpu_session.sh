@@ -3,12 +3,13 @@
 # suite.  Results go to $OUT (the device tool's output folder) or ./gpu-results.
 #
 #   bash bench/gpu_session.sh                 # tests + all benchmark suites
-#   bash bench/gpu_session.sh --suite csr     # extra arguments go to bench/gpu_bench.py
+#   bash bench/gpu_session.sh --suite csr     # extra arguments go to bench/gpu_bench.py's main stage
 #
 # numba-cuda 0.30.4 fails with NumPy 2.5 (shared/GPU.md): put the NumPy 2.3.5 wheel for the
 # machine's Python in .whl/ first; it is installed ahead of the system NumPy.
-# TEST_TIMEOUT / BENCH_TIMEOUT / NOPOOL_TIMEOUT (seconds) bound the three stages so that a lease is
-# never overrun: by default 210 + 240 + 70 s, under the device tool's 600 s per call.
+# TEST_TIMEOUT / BENCH_TIMEOUT / JIT_TIMEOUT / NOPOOL_TIMEOUT (seconds) bound the four stages so
+# that a lease is never overrun: by default 200 + 200 + 90 + 60 s, under the device tool's 600 s
+# per call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu-results}"
@@ -31,16 +32,21 @@ fi
   python3 -c "from numba import cuda; cuda.detect()"; } > "$out/device.txt" 2>&1
 # Compilation dominates the suite on a GPU: spread it over the cores when pytest-xdist is there.
 par=(); python3 -c "import xdist" 2>/dev/null && par=(-n "${TEST_WORKERS:-12}")
-timeout "${TEST_TIMEOUT:-210}" python3 -m pytest -q -rfEs -p no:cacheprovider "${par[@]}" tests/cuda \
+timeout "${TEST_TIMEOUT:-200}" python3 -m pytest -q -rfEs -p no:cacheprovider "${par[@]}" tests/cuda \
   > "$out/cuda_tests.txt" 2>&1
 tests=$?
-timeout "${BENCH_TIMEOUT:-240}" python3 bench/gpu_bench.py "$@" > "$out/gpu_bench.md" 2> "$out/gpu_bench.err"
+[ $# -eq 0 ] && set -- --suite overhead,csr,train,dropout,sparsity,conv  # jit: its own stage below
+timeout "${BENCH_TIMEOUT:-200}" python3 bench/gpu_bench.py "$@" > "$out/gpu_bench.md" 2> "$out/gpu_bench.err"
 bench=$?
+# A new process's compile-or-load cost (fresh processes, their own numba cache folder).
+timeout "${JIT_TIMEOUT:-90}" python3 bench/gpu_bench.py --suite jit > "$out/gpu_bench_jit.md" 2>> "$out/gpu_bench.err"
+jit=$?
 # The caching allocator's effect, measured: the host-bound suites again without it (numba's own).
-SPARSENET_CUDA_POOL=0 timeout "${NOPOOL_TIMEOUT:-70}" python3 bench/gpu_bench.py --suite overhead,train --no-cpu \
+SPARSENET_CUDA_POOL=0 timeout "${NOPOOL_TIMEOUT:-60}" python3 bench/gpu_bench.py --suite overhead,train --no-cpu \
   > "$out/gpu_bench_nopool.md" 2>> "$out/gpu_bench.err"
 nopool=$?
-cat "$out/device.txt"; tail -25 "$out/cuda_tests.txt"; cat "$out/gpu_bench.md" "$out/gpu_bench_nopool.md"
+cat "$out/device.txt"; tail -25 "$out/cuda_tests.txt"
+cat "$out/gpu_bench.md" "$out/gpu_bench_jit.md" "$out/gpu_bench_nopool.md"
 tail -5 "$out/gpu_bench.err"
-echo "tests exit $tests, bench exit $bench, no-pool bench exit $nopool"
-exit $(( tests != 0 || bench != 0 || nopool != 0 ))
+echo "tests exit $tests, bench exit $bench, jit bench exit $jit, no-pool bench exit $nopool"
+exit $(( tests != 0 || bench != 0 || jit != 0 || nopool != 0 ))
