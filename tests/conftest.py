@@ -48,8 +48,8 @@ def same_bits():
 
 
 def _relu_gate(x):
-    y = np.maximum(np.asarray(x), 0)
-    flat = y.reshape(-1)  # a view: y is a fresh C-ordered array
+    y = np.maximum(x, 0, order="C")
+    flat = y.reshape(-1)  # a view: y is C-ordered whatever x's layout
     flat[0::5] = np.nan  # NaN > 0 is False: gated to zero, as the ReLU backward does
     flat[1::7] = np.inf
     flat[2::6] = -0.0

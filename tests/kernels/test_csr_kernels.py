@@ -37,7 +37,7 @@ def check_all(indptr, indices, data, shape, x, g, dtype):
     np.testing.assert_allclose(gx, ref.spmm_t(indptr, indices, data, shape, g), **tol)
     # A ReLU's output (NaN, inf and -0 among its values): its backward applied by the product,
     # bitwise the separate pass (-0 where a negative was gated).
-    gate = np.maximum(x, 0)
+    gate = np.maximum(x, 0, order="C")  # reshape(-1) below is then a view, whatever x's layout
     gate.reshape(-1)[::5], gate.reshape(-1)[1::7], gate.reshape(-1)[2::6] = np.nan, np.inf, -0.0
     gated = K.spmm_t(indptr, indices, data, shape[1], g, gate)
     separate = K.activation_backward("relu", gate, gx)
