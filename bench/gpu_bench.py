@@ -83,6 +83,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-torch", action="store_true", help="time sparsenet only")
     p.add_argument("--no-cpu", action="store_true", help="train suite: time the GPU step only")
+    p.add_argument("--jit-budget", type=float, default=85.0,
+                   help="jit suite: seconds for its three processes together (each gets what is left)")
     p.add_argument("--dry-run", action="store_true",
                    help="one tiny shape, one launch per op, no timing: checks the plumbing "
                         "(runs under NUMBA_ENABLE_CUDASIM=1)")
@@ -383,8 +385,11 @@ def main(argv=None):
         cases = CONV_CASES[-1:] if args.dry_run else CONV_CASES
         rows = _measured(cases, lambda case: bench_conv(case, args, rng))
         print(_timed_tables("conv2d", CONV_COLUMNS, rows, CONV_RATIOS) + "\n", flush=True)
-    if "jit" in args.suites:
-        print(table(JIT_COLUMNS, bench_jit(args), ()) + "\n", flush=True)
+    if "jit" in args.suites:  # rows printed as they come: a run cut short keeps the finished ones
+        print("\n".join(table(JIT_COLUMNS, [], ()).splitlines()[:2]), flush=True)
+        for row in bench_jit(args):
+            print(table(JIT_COLUMNS, [row], ()).splitlines()[2], flush=True)
+        print()
     return 0
 
 
@@ -726,13 +731,13 @@ print(json.dumps(out))
 """
 # (case, numba cache subfolders removed before the run: "cuda_*" hold the CUDA kernels)
 JIT_RUNS = (("empty", "*"), ("CPU kernels cached, CUDA not", "cuda_*"), ("both cached", None))
-JIT_RUN_TIMEOUT = 45  # seconds a run; bench/gpu_session.sh gives the three 90 (a dry run is slower)
 
 
 def bench_jit(args):
-    """A new process's import, setup, first and second step, with an empty numba cache, with
-    only the CPU kernels cached (what cache=True on the CUDA kernels saves is this row minus
-    the next), and with both (a dry run: one process, one step, in the simulator)."""
+    """Yield a new process's import, setup, first and second step, with an empty numba cache,
+    with only the CPU kernels cached (what cache=True on the CUDA kernels saves is this row
+    minus the next), and with both (a dry run: one process, one step, in the simulator), all
+    within ``--jit-budget`` seconds."""
     import glob
     import json
     import shutil
@@ -742,7 +747,7 @@ def bench_jit(args):
     sizes = DRY_TRAIN_SIZES if args.dry_run else TRAIN_SIZES
     script = JIT_SCRIPT.format(sizes=sizes, batch=4 if args.dry_run else 128, density=0.5 if args.dry_run else 0.04,
                                steps=1 if args.dry_run else 2)
-    rows = []
+    deadline = time.perf_counter() + (300 if args.dry_run else args.jit_budget)
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=os.pathsep.join(
             [p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p]))
@@ -750,22 +755,24 @@ def bench_jit(args):
             for path in glob.glob(os.path.join(cache, removed)) if removed else ():
                 shutil.rmtree(path)
             t = time.perf_counter()
+            left = deadline - t
             try:
+                if left <= 0:
+                    raise subprocess.TimeoutExpired(case, 0)
                 done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                                      timeout=300 if args.dry_run else JIT_RUN_TIMEOUT)
+                                      timeout=left)
             except subprocess.TimeoutExpired:  # the child is killed: nothing left running on the GPU
-                print(f"jit suite: the '{case}' run took over {JIT_RUN_TIMEOUT} s", file=sys.stderr)
-                rows.append({"case": case})
+                print(f"jit suite: the '{case}' run did not finish within the budget", file=sys.stderr)
+                yield {"case": case}
                 continue
             wall = time.perf_counter() - t
             if done.returncode != 0:
                 if args.dry_run:  # the plumbing check is what a dry run is for
                     raise RuntimeError(f"jit suite: the '{case}' run failed:\n{done.stderr[-2000:]}")
                 print(f"jit suite: the '{case}' run failed:\n{done.stderr[-2000:]}", file=sys.stderr)
-                rows.append({"case": case})
+                yield {"case": case}
                 continue
-            rows.append({"case": case, "process": wall, **json.loads(done.stdout.strip().splitlines()[-1])})
-    return rows
+            yield {"case": case, "process": wall, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
 def table(columns, rows, ratios):

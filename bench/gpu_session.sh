@@ -14,7 +14,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu-results}"
 mkdir -p "$out"
-export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1 NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS=0
+export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1  # (our kernels' small grids do not warn: block.Kernel)
 export SPARSENET_EXPECT_GPU=1 CI=1  # tests/cuda refuses to skip; hypothesis' CI profile
 # Kernels are cached on disk (cache=True): one fresh cache per session, never one a previous call
 # on this machine left with kernels built from other sources (numba keys a kernel on its own file,
@@ -32,17 +32,19 @@ fi
   python3 -c "from numba import cuda; cuda.detect()"; } > "$out/device.txt" 2>&1
 # Compilation dominates the suite on a GPU: spread it over the cores when pytest-xdist is there.
 par=(); python3 -c "import xdist" 2>/dev/null && par=(-n "${TEST_WORKERS:-12}")
-timeout "${TEST_TIMEOUT:-200}" python3 -m pytest -q -rfEs -p no:cacheprovider "${par[@]}" tests/cuda \
+timeout -k 10 "${TEST_TIMEOUT:-200}" python3 -m pytest -q -rfEs -p no:cacheprovider "${par[@]}" tests/cuda \
   > "$out/cuda_tests.txt" 2>&1
 tests=$?
 [ $# -eq 0 ] && set -- --suite overhead,csr,train,dropout,sparsity,conv  # jit: its own stage below
-timeout "${BENCH_TIMEOUT:-200}" python3 bench/gpu_bench.py "$@" > "$out/gpu_bench.md" 2> "$out/gpu_bench.err"
+timeout -k 10 "${BENCH_TIMEOUT:-200}" python3 bench/gpu_bench.py "$@" > "$out/gpu_bench.md" 2> "$out/gpu_bench.err"
 bench=$?
 # A new process's compile-or-load cost (fresh processes, their own numba cache folder).
-timeout "${JIT_TIMEOUT:-90}" python3 bench/gpu_bench.py --suite jit > "$out/gpu_bench_jit.md" 2>> "$out/gpu_bench.err"
+jit_budget=$(( ${JIT_TIMEOUT:-90} - 5 ))  # the suite stops its own runs first
+timeout -k 10 "${JIT_TIMEOUT:-90}" python3 bench/gpu_bench.py --suite jit --jit-budget "$jit_budget" \
+  > "$out/gpu_bench_jit.md" 2>> "$out/gpu_bench.err"
 jit=$?
 # The caching allocator's effect, measured: the host-bound suites again without it (numba's own).
-SPARSENET_CUDA_POOL=0 timeout "${NOPOOL_TIMEOUT:-60}" python3 bench/gpu_bench.py --suite overhead,train --no-cpu \
+SPARSENET_CUDA_POOL=0 timeout -k 10 "${NOPOOL_TIMEOUT:-60}" python3 bench/gpu_bench.py --suite overhead,train --no-cpu \
   > "$out/gpu_bench_nopool.md" 2>> "$out/gpu_bench.err"
 nopool=$?
 cat "$out/device.txt"; tail -25 "$out/cuda_tests.txt"

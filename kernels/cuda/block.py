@@ -6,6 +6,7 @@ a live device to be linked; see tests/cuda/test_cuda_compile.py), and the simula
 as plain calls.
 """
 import inspect
+import threading
 
 from numba import cuda, uint32
 
@@ -106,18 +107,21 @@ def _numba_cuda_config():
     return config
 
 
-_CONFIG = _numba_cuda_config()
+CONFIG = _numba_cuda_config()  # numba-cuda's settings (the tests' conftest reads it too)
+_QUIET = threading.Lock()
 
 
 class Kernel:
     """A sparsenet CUDA kernel: ``cuda.jit(cache=True)``, launched as ``kernel[grid, block](...)``.
 
-    numba warns (``NumbaPerformanceWarning``) at every launch of fewer than 128 blocks.  Our
-    grids are sized beside each launch and are small on purpose (a one-block reduction, a
-    layer's bias, a batch of 32 rows): the warning would flood a user's first GPU steps with
-    messages about launches they do not control, so it is off while a launch of ours is
-    configured and stays on for the user's own kernels.  Everything else (``py_func``,
-    ``targetoptions``, the cache) is the numba dispatcher's.
+    numba warns (``NumbaPerformanceWarning``) when it sets up a launch of fewer than 128
+    blocks (once per new grid shape).  Our grids are sized beside each launch and are small on
+    purpose (a one-block reduction, a layer's bias, a batch of 32 rows): the warning would fill
+    a user's first GPU steps with messages about launches they do not control, so it is off
+    while a launch of ours is set up (under a lock, so threads cannot leave it off) and on for
+    the user's own kernels (one of those set up by another thread in that instant is not
+    warned about).  Everything else (``py_func``, ``targetoptions``, the cache, calling
+    without a launch configuration) is the numba dispatcher's.
     """
 
     __slots__ = ("dispatcher",)
@@ -125,16 +129,31 @@ class Kernel:
     def __init__(self, dispatcher):
         self.dispatcher = dispatcher
 
+    def _quietly(self, configure, *args):
+        with _QUIET:
+            warn = CONFIG.CUDA_LOW_OCCUPANCY_WARNINGS
+            try:
+                CONFIG.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+                return configure(*args)
+            finally:
+                CONFIG.CUDA_LOW_OCCUPANCY_WARNINGS = warn
+
     def __getitem__(self, launch):
-        warn = _CONFIG.CUDA_LOW_OCCUPANCY_WARNINGS
-        _CONFIG.CUDA_LOW_OCCUPANCY_WARNINGS = 0
-        try:
-            return self.dispatcher[launch]
-        finally:
-            _CONFIG.CUDA_LOW_OCCUPANCY_WARNINGS = warn
+        return self._quietly(self.dispatcher.__getitem__, launch)
+
+    def configure(self, *args):
+        return self._quietly(self.dispatcher.configure, *args)
+
+    def __call__(self, *args, **kwargs):  # numba's own error: a kernel needs [grid, block]
+        return self.dispatcher(*args, **kwargs)
 
     def __getattr__(self, name):
+        if name == "dispatcher" or name.startswith("__"):  # not set up yet (copy, unpickling)
+            raise AttributeError(name)
         return getattr(self.dispatcher, name)
+
+    def __reduce__(self):
+        return Kernel, (self.dispatcher,)
 
 
 def kernel(fn):

@@ -108,13 +108,11 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     if ENABLED:
         if REAL_GPU:
-            # Tiny test grids trip numba's low-occupancy NumbaPerformanceWarning, which
-            # pyproject turns into an error.
-            try:
-                from numba.cuda.core import config as cuda_config  # numba-cuda >= 0.2x
-            except ImportError:
-                from numba import config as cuda_config
-            cuda_config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+            # The tests' own tiny kernels would trip numba's low-occupancy warning (ours do not:
+            # see kernels/cuda/block.py's Kernel).
+            from sparsenet.kernels.cuda.block import CONFIG
+
+            CONFIG.CUDA_LOW_OCCUPANCY_WARNINGS = 0
         return
     skip = pytest.mark.skip(
         reason="CUDA tests need numba-cuda (pip install '.[cuda]') and NUMBA_ENABLE_CUDASIM=1 "

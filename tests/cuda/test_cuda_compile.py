@@ -255,23 +255,31 @@ def test_every_kernel_caches_its_machine_code(compile_ptx):
     assert found >= 50
 
 
-def test_our_small_launches_do_not_warn_but_a_users_do():
+def test_our_small_launches_do_not_warn_but_a_users_do(monkeypatch):
     """numba's low-occupancy warning (grids under 128 blocks) is off while one of our launches
-    is configured, and on again for the user's own kernels.  Configuring a launch needs no GPU."""
+    is set up, and on again for the user's own kernels.  Setting up a launch needs no GPU."""
+    import copy
+    import pickle
     import warnings
 
     from numba import cuda
     from numba.cuda.core.errors import NumbaPerformanceWarning  # numba-cuda's own class
 
-    from sparsenet.kernels.cuda import ops
+    from sparsenet.kernels.cuda import block, ops
+
+    monkeypatch.setattr(block.CONFIG, "CUDA_LOW_OCCUPANCY_WARNINGS", 1)  # the GPU conftest turns it off
+    monkeypatch.setattr(block.CONFIG, "DISABLE_PERFORMANCE_WARNINGS", 0)
+
+    @cuda.jit
+    def users(a):
+        a[0] = 1
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", NumbaPerformanceWarning)
-        ops.bias_add[1, 32]  # one block: would warn
-
-        @cuda.jit
-        def users(a):
-            a[0] = 1
-
+        ops.bias_add[1, 32]  # one block
+        ops.bias_add.configure(2, 32)
         with pytest.raises(NumbaPerformanceWarning, match="Grid size 1"):
             users[1, 32]
+    assert block.CONFIG.CUDA_LOW_OCCUPANCY_WARNINGS == 1
+    for clone in (copy.copy(ops.bias_add), pickle.loads(pickle.dumps(ops.bias_add))):
+        assert isinstance(clone, block.Kernel) and clone.py_func.__name__ == "bias_add"
