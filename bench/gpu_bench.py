@@ -386,9 +386,9 @@ def main(argv=None):
         rows = _measured(cases, lambda case: bench_conv(case, args, rng))
         print(_timed_tables("conv2d", CONV_COLUMNS, rows, CONV_RATIOS) + "\n", flush=True)
     if "jit" in args.suites:  # rows printed as they come: a run cut short keeps the finished ones
-        print("\n".join(table(JIT_COLUMNS, [], ()).splitlines()[:2]), flush=True)
+        print(_head(JIT_COLUMNS), flush=True)
         for row in bench_jit(args):
-            print(table(JIT_COLUMNS, [row], ()).splitlines()[2], flush=True)
+            print(_row(JIT_COLUMNS, row), flush=True)
         print()
     return 0
 
@@ -775,11 +775,18 @@ def bench_jit(args):
             yield {"case": case, "process": wall, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
+def _head(columns):
+    """A markdown table's header and rule lines."""
+    return "| " + " | ".join(h for _, h in columns) + " |\n" + "|" + "---|" * len(columns)
+
+
+def _row(columns, r):
+    return "| " + " | ".join(_fmt(r.get(k)) for k, _ in columns) + " |"
+
+
 def table(columns, rows, ratios):
     """Markdown table of ``rows`` and the ratios ``(ours, peer)``: peer time / our time."""
-    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(k)) for k, _ in columns) + " |")
+    lines = [_head(columns)] + [_row(columns, r) for r in rows]
     lines += ["", "ratios (second / first, > 1 means the first is faster):"]
     for r in rows:
         parts = [f"{a} vs {b} {r[b] / r[a]:.2f}x" for a, b in ratios if r.get(a) and r.get(b)]
