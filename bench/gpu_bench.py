@@ -548,55 +548,79 @@ def bench_dropout(shape, args, rng, p=0.5):
 
 
 # ----------------------------------------------------------------------------- conv suite
-# (N, C, H, W), O, kernel, stride, padding
+# (N, C, H, W), O, kernel, stride, padding, groups
 CONV_CASES = [
-    ((128, 1, 28, 28), 16, 3, 1, 1),   # LeNet conv1
-    ((128, 16, 14, 14), 32, 3, 1, 1),  # LeNet conv2
-    ((128, 64, 32, 32), 64, 3, 1, 1),  # CIFAR-style 3x3
-    ((128, 64, 32, 32), 128, 3, 2, 1),  # stride 2
-    ((2, 2, 6, 6), 3, 3, 1, 1),        # the dry-run case
+    ((128, 1, 28, 28), 16, 3, 1, 1, 1),   # LeNet conv1
+    ((128, 16, 14, 14), 32, 3, 1, 1, 1),  # LeNet conv2
+    ((128, 64, 32, 32), 64, 3, 1, 1, 1),  # CIFAR-style 3x3
+    ((128, 64, 32, 32), 128, 3, 2, 1, 1),  # stride 2
+    ((128, 64, 32, 32), 64, 3, 1, 1, 64),  # depthwise (MobileNet-style): the direct kernels
+    ((2, 2, 6, 6), 3, 3, 1, 1, 1),        # the dry-run case
 ]
 CONV_COLUMNS = [
     ("case", "case"), ("fwd", "sparsenet fwd"), ("torch_fwd", "cuDNN fwd"), ("bwd", "sparsenet bwd (x+w)"),
-    ("torch_bwd", "cuDNN bwd (x+w)"), ("sparse_fwd", "sparse fwd 90%"), ("sparse_bwd", "sparse bwd 90%"),
+    ("torch_bwd", "cuDNN bwd (x+w)"), ("alt_fwd", "other path fwd"), ("alt_bwd", "other path bwd"),
+    ("sparse_fwd", "sparse fwd 90%"), ("sparse_bwd", "sparse bwd 90%"),
 ]
-CONV_RATIOS = (("fwd", "torch_fwd"), ("bwd", "torch_bwd"), ("sparse_fwd", "fwd"), ("sparse_bwd", "bwd"))
+CONV_RATIOS = (("fwd", "torch_fwd"), ("bwd", "torch_bwd"), ("alt_fwd", "fwd"), ("alt_bwd", "bwd"),
+               ("sparse_fwd", "fwd"), ("sparse_bwd", "bwd"))
+
+
+def _on_path(narrow_ratio, fn):
+    """fn run with the dense conv ops forced onto one path (conv.NARROW_RATIO: 0 direct, huge GEMM)."""
+    from sparsenet.kernels.cuda import conv
+
+    def run():
+        default, conv.NARROW_RATIO = conv.NARROW_RATIO, narrow_ratio
+        try:
+            return fn()
+        finally:
+            conv.NARROW_RATIO = default
+
+    return run
 
 
 def bench_conv(case, args, rng):
+    """The dense conv on the path each op picks by default, the whole conv forced onto the path
+    the forward did not pick ("other path": checks conv.NARROW_RATIO), and weight-sparse at 90%."""
     from numba import cuda
 
     from sparsenet import CSRMatrix
     from sparsenet.kernels import cuda as kc
 
-    x_shape, o, k, stride, pad = case
+    x_shape, o, k, stride, pad, groups = case
     geo = ((stride, stride), (pad, pad), (1, 1))
     x = rng.standard_normal(x_shape, dtype=np.float32)
-    w = rng.standard_normal((o, x_shape[1], k, k), dtype=np.float32)
+    w = rng.standard_normal((o, x_shape[1] // groups, k, k), dtype=np.float32)
     b = np.zeros(o, np.float32)
     d_x, d_w, d_b = cuda.to_device(x), cuda.to_device(w), cuda.to_device(b)
     y = kc.conv2d(d_x, d_w, d_b, *geo)
     d_g = cuda.to_device(rng.standard_normal(y.shape, dtype=np.float32))
-    ws = CSRMatrix.random((o, x_shape[1] * k * k), 0.1, rng=rng, dtype=np.float32).to("cuda")
-    sparse_geo = ((k, k), *geo, 1)
+    ws = CSRMatrix.random((o, x_shape[1] // groups * k * k), 0.1, rng=rng, dtype=np.float32).to("cuda")
+    sparse_geo = ((k, k), *geo, groups)
+    other = 10**9 if kc._direct(o // groups) else 0
     ops = {
         "fwd": lambda: kc.conv2d(d_x, d_w, d_b, *geo),
         "bwd": lambda: kc.conv2d_backward(d_g, d_x, d_w, *geo),
-        "sparse_fwd": lambda: kc.sparse_conv2d(d_x, ws.indptr, ws.indices, ws.data, (k, k), d_b, *geo, 1),
+        "alt_fwd": _on_path(other, lambda: kc.conv2d(d_x, d_w, d_b, *geo)),
+        "alt_bwd": _on_path(other, lambda: kc.conv2d_backward(d_g, d_x, d_w, *geo)),
+        "sparse_fwd": lambda: kc.sparse_conv2d(d_x, ws.indptr, ws.indices, ws.data, (k, k), d_b, *geo, groups),
         "sparse_bwd": lambda: kc.sparse_conv2d_backward(d_g, d_x, ws.indptr, ws.indices, ws.data, *sparse_geo),
     }
-    row = {"case": f"N={x_shape[0]} {x_shape[1]}->{o} {x_shape[2]}x{x_shape[3]} k{k} s{stride}"}
+    row = {"case": f"N={x_shape[0]} {x_shape[1]}->{o} {x_shape[2]}x{x_shape[3]} k{k} s{stride}"
+                   + (f" g{groups}" if groups > 1 else "")}
     _time_ops(ops, row, cuda, args)
     if args.dry_run:
         from sparsenet.kernels import reference as ref
 
-        np.testing.assert_allclose(kc.to_host(ops["fwd"]()), ref.conv2d(x, w, b, *geo), rtol=1e-4, atol=1e-4)
+        for fwd in (ops["fwd"], ops["alt_fwd"]):
+            np.testing.assert_allclose(kc.to_host(fwd()), ref.conv2d(x, w, b, *geo, groups), rtol=1e-4, atol=1e-4)
     elif not args.no_torch:
-        row.update(_torch_conv(x, w, b, kc.to_host(d_g), stride, pad, args))
+        row.update(_torch_conv(x, w, b, kc.to_host(d_g), stride, pad, groups, args))
     return row
 
 
-def _torch_conv(x, w, b, g, stride, pad, args):
+def _torch_conv(x, w, b, g, stride, pad, groups, args):
     torch = _torch_cuda()
     if torch is None:
         return {}
@@ -607,11 +631,11 @@ def _torch_conv(x, w, b, g, stride, pad, args):
     tb = torch.from_numpy(b).to(dev)
     tg = torch.from_numpy(g).to(dev)
     conv = torch.nn.functional.conv2d
-    ty = conv(tx, tw, tb, stride=stride, padding=pad)
+    ty = conv(tx, tw, tb, stride=stride, padding=pad, groups=groups)
     out = {}
     with torch.no_grad():
         out["torch_fwd"], out["torch_fwd_gpu"] = _time_torch(
-            lambda: conv(tx, tw, tb, stride=stride, padding=pad), torch, args, gpu_only=True)
+            lambda: conv(tx, tw, tb, stride=stride, padding=pad, groups=groups), torch, args, gpu_only=True)
     out["torch_bwd"], out["torch_bwd_gpu"] = _time_torch(
         lambda: torch.autograd.grad(ty, (tx, tw), tg, retain_graph=True), torch, args, gpu_only=True)
     return out

@@ -526,8 +526,17 @@ def conv2d(x, weight, bias, stride, padding, dilation, relu=False):
     with ``relu`` max(., 0) of it, applied by the kernel as it stores."""
     conv = _conv()
     x, weight = _nchw(x, "x"), _nchw(weight, "weight")
+    _same_dtype(x=x, weight=weight)
     n = x.shape[0]
     o, _, kh, kw = weight.shape
+    groups = x.shape[1] // weight.shape[1]
+    if _direct(o // groups):
+        out = sparse_conv2d(x, *_full_pattern(weight), _flat_filters(weight).reshape(weight.size), (kh, kw), bias,
+                            stride, padding, dilation, groups)
+        if relu and out.size:  # in place: the weight-sparse forward has no ReLU store (registers)
+            flat = _flat_view(out)
+            _ops().activation_fwd[_grid(out.size)](_ops().RELU, 0.0, flat, flat)
+        return out
     out_h = _out_size(x.shape[2], kh, stride[0], padding[0], dilation[0])
     out_w = _out_size(x.shape[3], kw, stride[1], padding[1], dilation[1])
     out = empty((n, o, max(out_h, 0), max(out_w, 0)), x.dtype)
@@ -536,11 +545,33 @@ def conv2d(x, weight, bias, stride, padding, dilation, relu=False):
         return out
     has_bias = bias is not None
     bias = bias if has_bias else out.reshape(out.size)  # not read without one
-    groups = x.shape[1] // weight.shape[1]
     grid, block = _gemm_grid(n * out_h * out_w, o // groups, groups)
     conv.conv2d_fwd[grid, block](x, _flat_filters(weight), kh, kw, bias, has_bias, *stride, *padding, *dilation,
                                  bool(relu), out)
     return out
+
+
+def _direct(channels):
+    """Whether a dense conv op with ``channels`` channels a group on its tile's channel side runs
+    on the weight-sparse kernels with every tap stored (conv.NARROW_RATIO) instead of a GEMM."""
+    conv = _conv()
+    return channels * conv.NARROW_RATIO <= conv.GEMM_TILE
+
+
+def _full_pattern(weight):
+    """(indptr, indices) on the device of (O, C/groups, KH, KW) filters as a CSR matrix storing
+    every tap, for the weight-sparse kernels.  Cached against the weight device array (a layer's
+    parameter lives across steps, and so then do the transposed pattern and the grad-weight work
+    list derived from this one); an array wrapped afresh at each call rebuilds it."""
+    hit = _recall(weight, "full pattern")
+    if hit is None:
+        o, k = weight.shape[0], math.prod(weight.shape[1:])
+        dtype = np.int32 if o * k <= np.iinfo(np.int32).max else np.int64
+        indptr = np.arange(0, (o + 1) * k, k, dtype=dtype) if k else np.zeros(o + 1, dtype)
+        indices = np.tile(np.arange(k, dtype=dtype), o)
+        cuda = _cuda()
+        hit = _remember(weight, "full pattern", (cuda.to_device(indptr), cuda.to_device(indices)))
+    return hit
 
 
 def _gemm_grid(pixels, channels, groups):
@@ -567,10 +598,18 @@ def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, ne
     not C-ordered is copied first)."""
     conv = _conv()
     g, x, weight = _nchw(g, "g"), _nchw(x, "x"), _nchw(weight, "weight")
+    _same_dtype(g=g, x=x, weight=weight)
     o, c_g, kh, kw = weight.shape
     _check_grad_out(g, x, o, (kh, kw), stride, padding, dilation)
+    groups = x.shape[1] // c_g
     grad_x = grad_w = None
-    if need_input:
+    direct_x, direct_w = need_input and _direct(c_g), need_weight and _direct(o // groups)
+    if direct_x or direct_w:  # either or both on the weight-sparse kernels, every tap stored
+        grad_x, grad_w = sparse_conv2d_backward(g, x, *_full_pattern(weight), _flat_filters(weight).reshape(weight.size),
+                                                (kh, kw), stride, padding, dilation, groups, direct_x, direct_w,
+                                                gate if direct_x else None)
+        grad_w = None if grad_w is None else grad_w.reshape(weight.shape)
+    if need_input and not direct_x:
         gate = _gate(gate, x.shape, x.dtype)
         gated = gate is not None
         grad_x = empty(x.shape, x.dtype)
@@ -579,7 +618,7 @@ def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, ne
             grid, block = _gemm_grid(n * h * w, c_g, c // c_g)
             conv.conv2d_grad_input[grid, block](g, _flat_filters(weight), kh, kw, *stride, *padding, *dilation,
                                                 gated, gate if gated else grad_x, grad_x)
-    if need_weight:
+    if need_weight and not direct_w:
         grad_w = empty(weight.shape, x.dtype)
         if grad_w.size:
             _launch_grad_weight(g, x, grad_w, stride, padding, dilation)

@@ -14,6 +14,9 @@ dense kernels, three implicit GEMMs sharing one register-blocked tile product (`
   element: no atomics.
 * ``conv2d_grad_weight``: gw (O/groups, K) = g (O/groups, N*OH*OW) @ patches, the long pixel
   reduction split over blocks and the partial sums added in order by ``split_sum``.
+* a group with few channels on a tile's channel side (a depthwise layer: one) would fill little
+  of a tile, so such ops run on the weight-sparse kernels with every tap stored
+  (``NARROW_RATIO``; the wrappers decide per op).
 * ``channel_sum`` (the bias gradient): one block per output channel, threads striding over the
   output pixels (coalesced), each summing its pixel over the batch, then a fixed shared-memory
   tree reduction: deterministic.
@@ -50,6 +53,13 @@ GEMM_REG = 4
 GEMM_TILE = 64
 GEMM_TILE_K = 16
 GEMM_PAD = GEMM_TILE + 1
+# A dense conv op whose group has few channels on the tile's channel side (output channels for the
+# forward and grad-weight, input channels for grad-input) fills little of a GEMM tile: a
+# depthwise layer uses 1/GEMM_TILE of it.  Up to GEMM_TILE / NARROW_RATIO channels a group it runs
+# on the direct (weight-sparse) kernels with every tap stored instead, as the CPU does: their
+# inner loops issue 10-12 instructions per multiply-add (bench/sass_report.py) against the full
+# tile's 1.6, about NARROW_RATIO times as many, with none wasted.  Static counts, not GPU times.
+NARROW_RATIO = 8
 # conv2d_grad_weight splits its long reduction (the output pixels) over blocks until the grid has
 # about SPLIT_BLOCKS blocks, each split at least SPLIT_MIN_STEPS steps of GEMM_TILE_K pixels.
 SPLIT_BLOCKS = 1024

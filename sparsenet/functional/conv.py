@@ -147,7 +147,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, r
         Divides C and O; ``groups == C`` is a depthwise convolution.
     relu : bool, default False
         Return ``max(y, 0)`` (as ``nn.ReLU`` computes it on the same device): on the GPU as ``y``
-        is stored, on the host in place; no second array either way.
+        is stored (in place right after, for groups of up to 8 output channels, which run on
+        the direct kernels), on the host in place; no second array either way.
 
     Returns
     -------

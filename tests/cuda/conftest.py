@@ -153,6 +153,21 @@ def small_geometry(monkeypatch):
     yield
 
 
+def narrow_ratio(path):
+    """conv.NARROW_RATIO forcing every dense conv op onto the direct kernels or onto the GEMMs."""
+    return 0 if path == "direct" else 10**9
+
+
+@pytest.fixture(params=["gemm", "direct"])
+def conv_path(request, monkeypatch):
+    """Run a dense conv test on the implicit GEMMs and again on the direct (weight-sparse)
+    kernels with every tap stored, whichever the groups' widths would pick."""
+    from sparsenet.kernels.cuda import conv
+
+    monkeypatch.setattr(conv, "NARROW_RATIO", narrow_ratio(request.param))
+    return request.param
+
+
 # What a real numba DeviceNDArray offers besides its methods (which FakeCUDAArray defines
 # itself): the simulator's __getattr__ forwards *any* other name to the NumPy array underneath.
 _DEVICE_ARRAY_ATTRS = {"shape", "strides", "dtype", "size", "ndim", "flags", "nbytes", "alloc_size",

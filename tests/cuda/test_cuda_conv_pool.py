@@ -14,6 +14,8 @@ import sparsenet.functional as F
 from sparsenet import CSRMatrix, kernels
 from sparsenet.kernels import reference as ref
 
+from .conftest import narrow_ratio
+
 pytestmark = pytest.mark.usefixtures("small_geometry")
 
 DTYPES = [np.float32, np.float64]
@@ -53,7 +55,7 @@ CONV_CASES = [
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CONV_CASES, ids=[f"case{i}" for i in range(len(CONV_CASES))])
-def test_conv2d_matches_cpu(rng, same_bits, relu_gate, dtype, case):
+def test_conv2d_matches_cpu(rng, same_bits, relu_gate, conv_path, dtype, case):
     x_shape, (o, kh, kw), stride, padding, dilation, groups = case
     kc = _kc()
     x = rng.standard_normal(x_shape).astype(dtype)
@@ -89,12 +91,23 @@ def test_conv2d_matches_cpu(rng, same_bits, relu_gate, dtype, case):
     h=st.integers(1, 6), w=st.integers(1, 6), kh=st.integers(1, 3), kw=st.integers(1, 3),
     sh=st.integers(1, 2), sw=st.integers(1, 2), ph=st.integers(0, 1), pw=st.integers(0, 1),
     dh=st.integers(1, 2), dw=st.integers(1, 2), f32=st.booleans(), seed=st.integers(0, 2**16),
+    path=st.sampled_from(["gemm", "direct"]),
 )
-def test_conv2d_hypothesis_through_functional(n, cg, og, groups, h, w, kh, kw, sh, sw, ph, pw, dh, dw, f32, seed):
+def test_conv2d_hypothesis_through_functional(n, cg, og, groups, h, w, kh, kw, sh, sw, ph, pw, dh, dw, f32, seed,
+                                              path):
     """F.conv2d and its backward on device arrays equal the host ones over random geometry,
-    including output-channel counts per group that are not a multiple of the forward's block."""
+    including output-channel counts per group that are not a multiple of the forward's block,
+    on the GEMMs and on the direct kernels."""
     if h + 2 * ph < dh * (kh - 1) + 1 or w + 2 * pw < dw * (kw - 1) + 1:
         return  # rejected at the boundary, tested on the host
+    from sparsenet.kernels.cuda import conv
+
+    with pytest.MonkeyPatch.context() as mp:  # hypothesis cannot take the function-scoped fixture
+        mp.setattr(conv, "NARROW_RATIO", narrow_ratio(path))
+        _conv2d_through_functional(n, cg, og, groups, h, w, kh, kw, sh, sw, ph, pw, dh, dw, f32, seed)
+
+
+def _conv2d_through_functional(n, cg, og, groups, h, w, kh, kw, sh, sw, ph, pw, dh, dw, f32, seed):
     dtype = np.float32 if f32 else np.float64
     rng = np.random.default_rng(seed)
     geo = dict(stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), groups=groups)
@@ -110,9 +123,9 @@ def test_conv2d_hypothesis_through_functional(n, cg, og, groups, h, w, kh, kw, s
         np.testing.assert_allclose(_host(a), b, **_tol(dtype))
 
 
-def test_conv_wrappers_refuse_a_bias_they_would_misread(rng):
+def test_conv_wrappers_refuse_a_bias_they_would_misread(rng, conv_path):
     """A short bias would be read past its end, one of another dtype would compile another kernel:
-    both refused, by the dense and the weight-sparse forward, empty outputs included."""
+    both refused, by the dense (on either path) and the weight-sparse forward, empty outputs included."""
     kc = _kc()
     x, w = _dev(rng.standard_normal((1, 2, 4, 4))), _dev(rng.standard_normal((3, 2, 3, 3)))
     w_csr = CSRMatrix.from_dense(rng.standard_normal((3, 18))).to("cuda")
@@ -124,9 +137,15 @@ def test_conv_wrappers_refuse_a_bias_they_would_misread(rng):
                 conv(_dev(np.zeros(2)), xx)
             with pytest.raises(TypeError, match="one float dtype"):
                 conv(_dev(np.zeros(3, np.float32)), xx)
+    # filters of another dtype than x: refused on either path, forward and backward
+    w32 = _dev(rng.standard_normal((3, 2, 3, 3)).astype(np.float32))
+    with pytest.raises(TypeError, match="x float64, weight float32"):
+        kc.conv2d(x, w32, None, (1, 1), (0, 0), (1, 1))
+    with pytest.raises(TypeError, match="weight float32"):
+        kc.conv2d_backward(_dev(np.zeros((1, 3, 2, 2))), x, w32, (1, 1), (0, 0), (1, 1))
 
 
-def test_conv2d_backward_flags_and_big_kernel(rng):
+def test_conv2d_backward_flags_and_big_kernel(rng, conv_path):
     kc = _kc()
     x = rng.standard_normal((1, 1, 4, 4))
     w = rng.standard_normal((1, 1, 2, 2))
@@ -204,6 +223,7 @@ def test_conv2d_gemms_in_the_production_geometry(rng, monkeypatch):
                        "GEMM_PAD": 65}.items():
         assert key in vars(conv)
         monkeypatch.setattr(conv, key, value)
+    monkeypatch.setattr(conv, "NARROW_RATIO", narrow_ratio("gemm"))  # 5 filters would go direct
     x = rng.standard_normal((2, 3, 9, 10)).astype(np.float32)
     w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
     bias = rng.standard_normal(5).astype(np.float32)
@@ -214,3 +234,52 @@ def test_conv2d_gemms_in_the_production_geometry(rng, monkeypatch):
     gx_ref, gw_ref, _ = ref.conv2d_backward(g, x, w, (1, 2), (1, 1), (1, 1), 1)
     np.testing.assert_allclose(_host(gx), gx_ref, **_tol(np.float32))
     np.testing.assert_allclose(_host(gw), gw_ref, rtol=1e-4, atol=1e-4)  # split over blocks (shrunk SPLIT_*)
+
+
+class _Recorder:
+    """Stands in for a kernel and records which kernels a wrapper launched."""
+
+    def __init__(self, name, kernel, launched):
+        self.name, self.kernel, self.launched = name, kernel, launched
+
+    def __getitem__(self, config):
+        self.launched.append(self.name)
+        return self.kernel[config]
+
+
+def test_dense_conv_runs_narrow_groups_on_the_direct_kernels(rng, monkeypatch):
+    """Each dense conv op picks its kernels from the channels a group puts on its tile's channel
+    side: a depthwise layer (one channel a group) runs on the weight-sparse kernels with every
+    tap stored, a layer whose groups fill a tile on the GEMMs; the stored-tap pattern is built
+    once per weight array, and so then are the transposed pattern and the grad-weight work list."""
+    from sparsenet.kernels.cuda import conv
+
+    kc = _kc()
+    launched = []
+    for name in ("conv2d_fwd", "conv2d_grad_input", "conv2d_grad_weight", "sparse_conv2d_fwd",
+                 "sparse_conv2d_grad_input", "sparse_conv2d_grad_weight"):
+        monkeypatch.setattr(conv, name, _Recorder(name, getattr(conv, name), launched))
+    wide = conv.GEMM_TILE // conv.NARROW_RATIO + 1  # channels a group that take the GEMMs
+    geo = ((1, 1), (1, 1), (1, 1))
+    x = _dev(rng.standard_normal((2, 3, 5, 4)))
+    depthwise = _dev(rng.standard_normal((3, 1, 3, 3)))
+    y = kc.conv2d(x, depthwise, None, *geo)
+    g = _dev(rng.standard_normal(y.shape))
+    kc.conv2d_backward(g, x, depthwise, *geo)
+    assert launched == ["sparse_conv2d_fwd", "sparse_conv2d_grad_input", "sparse_conv2d_grad_weight"]
+    pattern = kc._full_pattern(depthwise)
+    assert kc._full_pattern(depthwise) is pattern
+    np.testing.assert_array_equal(_host(pattern[0]), np.arange(0, 30, 9))
+    np.testing.assert_array_equal(_host(pattern[1]), np.tile(np.arange(9), 3))
+    launched.clear()
+    # wide groups of one input channel: forward and grad-weight on the GEMMs, grad-input direct
+    fan_out = _dev(rng.standard_normal((3 * wide, 1, 3, 3)))
+    y = kc.conv2d(x, fan_out, None, *geo)
+    kc.conv2d_backward(_dev(rng.standard_normal(y.shape)), x, fan_out, *geo)
+    assert launched == ["conv2d_fwd", "sparse_conv2d_grad_input", "conv2d_grad_weight"]
+    launched.clear()
+    x_wide = _dev(rng.standard_normal((2, wide, 5, 4)))
+    dense = _dev(rng.standard_normal((wide, wide, 3, 3)))
+    y = kc.conv2d(x_wide, dense, None, *geo, relu=True)
+    kc.conv2d_backward(_dev(rng.standard_normal(y.shape)), x_wide, dense, *geo)
+    assert launched == ["conv2d_fwd", "conv2d_grad_input", "conv2d_grad_weight"]

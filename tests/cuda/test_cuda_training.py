@@ -101,6 +101,9 @@ FUSED_MODELS = {  # name: (factory, input shape, output shape)
     "sparse_conv": (lambda dt: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, rng=0, dtype=dt), nn.ReLU(),
                                              nn.SparseConv2d(3, 2, 2, density=0.6, rng=1, dtype=dt)),
                     (5, 2, 4, 5), (5, 2, 3, 4)),  # 5 samples: a partial group of SPARSE_NB = 4
+    # depthwise: both layers on the direct kernels (the ReLU in place after the forward)
+    "depthwise_conv": (lambda dt: nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, groups=2, rng=0, dtype=dt), nn.ReLU(),
+                                                nn.Conv2d(2, 2, 2, groups=2, rng=1, dtype=dt)), (2, 2, 4, 5), (2, 2, 3, 4)),
 }
 
 
