@@ -6,10 +6,13 @@ Standalone script (not collected by pytest).  On a machine with an NVIDIA GPU:
     python bench/gpu_bench.py --suite csr --shapes 0,3    # a subset
     NUMBA_ENABLE_CUDASIM=1 python bench/gpu_bench.py --dry-run   # plumbing check, no timing
 
-Suites (``--suite overhead,csr,conv,sparsity,dropout,train,jit``, default all):
+Suites (``--suite overhead,roofline,csr,conv,sparsity,dropout,train,jit``, default all):
 
 * ``overhead``: host cost per call (numba's empty-kernel launch, a device allocation, a tiny
   sparsenet SpMM) against torch's: what bounds small, launch-bound layers.
+* ``roofline``: the read bandwidth the memory system gives a streaming kernel, from an array
+  that stays in L2 and from one that cannot (HBM): the ceiling of a CSR product that reads
+  one dense row per stored entry (``nnz * batch * 4`` bytes) without reusing it on chip.
 * ``csr``, float32, Y = X W^T with W a random CSR (n_out, n_in) matrix, X (batch, n_in):
 
   ``spmm`` (forward) vs torch CSR ``W @ X^T`` (cuSPARSE); ``spmm_t`` (grad input G W) vs torch
@@ -70,7 +73,7 @@ SHAPES = [
     (4096, 4096, 4096, 0.10),
 ]
 DRY_SHAPE = (3, 9, 7, 0.3)
-SUITES = ("overhead", "csr", "conv", "sparsity", "dropout", "train", "jit")
+SUITES = ("overhead", "roofline", "csr", "conv", "sparsity", "dropout", "train", "jit")
 
 
 def parse_args(argv=None):
@@ -381,6 +384,11 @@ def main(argv=None):
         shapes = [(7, 9)] if args.dry_run else SPARSITY_SHAPES
         rows = _measured(shapes, lambda shape: bench_sparsity(shape, args, rng))
         print(_timed_tables("per-step sparsity work", SPARSITY_COLUMNS, rows, SPARSITY_RATIOS) + "\n", flush=True)
+    if "roofline" in args.suites:
+        cases = ROOFLINE_CASES[-1:] if args.dry_run else ROOFLINE_CASES[:-1]
+        rows = _measured(cases, lambda case: bench_roofline(case, args))
+        print("### read bandwidth (GPU time, kernels alone)\n\n" + _head(ROOFLINE_COLUMNS) + "\n"
+              + "\n".join(_row(ROOFLINE_COLUMNS, r) for r in rows) + "\n", flush=True)
     if "conv" in args.suites:
         cases = CONV_CASES[-1:] if args.dry_run else CONV_CASES
         rows = _measured(cases, lambda case: bench_conv(case, args, rng))
@@ -544,6 +552,72 @@ def bench_dropout(shape, args, rng, p=0.5):
             torch.ops.aten.native_dropout_backward(y, mask, 1 / (1 - p))
 
         row["torch"], row["torch_gpu"] = _time_torch(torch_dropout, torch, args, gpu_only=True)
+    return row
+
+
+# ----------------------------------------------------------------------------- roofline suite
+# (float32 elements, passes over them a launch, what); the last is the dry-run case
+ROOFLINE_CASES = [
+    (4 << 20, 32, "16 MiB, 32 passes (stays in L2)"),
+    (512 << 20, 1, "2 GiB, one pass (HBM)"),
+    (4096, 2, "16 KiB (dry run)"),
+]
+ROOFLINE_COLUMNS = [("case", "array, passes a launch"), ("gpu", "GPU time"), ("rate", "read rate")]
+_SWEEP = []
+
+
+def _sweep_kernel():
+    """sweep[grid, block](a, passes, out): every thread sums four interleaved strided streams of
+    ``a`` (four loads in flight a thread, coalesced across the warp) ``passes`` times; the sum is
+    stored only if it equals a value a zero array cannot sum to, so the loads stay live."""
+    if not _SWEEP:
+        import numba.cuda
+        from numba import float32
+
+        # The kernel names cuda as a module global: the simulator swaps a kernel's globals for its
+        # thread API, not its closure (the dry run runs this kernel).
+        globals()["cuda"] = numba.cuda
+
+        @numba.cuda.jit
+        def sweep(a, passes, out):
+            first, step = cuda.grid(1), cuda.gridsize(1)
+            n = a.shape[0]
+            acc0 = acc1 = acc2 = acc3 = float32(0)
+            for _ in range(passes):
+                i = first
+                while i + 3 * step < n:
+                    acc0 += a[i]
+                    acc1 += a[i + step]
+                    acc2 += a[i + 2 * step]
+                    acc3 += a[i + 3 * step]
+                    i += 4 * step
+                while i < n:
+                    acc0 += a[i]
+                    i += step
+            total = acc0 + acc1 + acc2 + acc3
+            if total == float32(-1.5e30):
+                out[0] = total
+
+        _SWEEP.append(sweep)
+    return _SWEEP[0]
+
+
+def bench_roofline(case, args):
+    from numba import cuda
+
+    from sparsenet.kernels import cuda as kc
+
+    n, passes, what = case
+    a, out = kc.zeros((n,), np.float32), cuda.device_array(1, np.float32)
+    sweep = _sweep_kernel()
+    sms = 1 if args.dry_run else cuda.get_current_device().MULTIPROCESSOR_COUNT
+    grid, block = (2, 32) if args.dry_run else (8 * sms, 256)  # 64 warps an SM: a full Hopper SM
+    row = {"case": what}
+    if args.dry_run:
+        sweep[grid, block](a, passes, out)
+        return row
+    _, row["gpu"] = _time(lambda: sweep[grid, block](a, passes, out), cuda, args, gpu_only=True)
+    row["rate"] = None if row["gpu"] is None else f"{n * 4 * passes / row['gpu'] / 1e12:.2f} TB/s"
     return row
 
 

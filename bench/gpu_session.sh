@@ -35,7 +35,7 @@ par=(); python3 -c "import xdist" 2>/dev/null && par=(-n "${TEST_WORKERS:-12}")
 timeout -k 10 "${TEST_TIMEOUT:-200}" python3 -m pytest -q -rfEs -p no:cacheprovider "${par[@]}" tests/cuda \
   > "$out/cuda_tests.txt" 2>&1
 tests=$?
-[ $# -eq 0 ] && set -- --suite overhead,csr,train,dropout,sparsity,conv  # jit: its own stage below
+[ $# -eq 0 ] && set -- --suite overhead,roofline,csr,train,dropout,sparsity,conv  # jit: its own stage below
 timeout -k 10 "${BENCH_TIMEOUT:-200}" python3 bench/gpu_bench.py "$@" > "$out/gpu_bench.md" 2> "$out/gpu_bench.err"
 bench=$?
 # A new process's compile-or-load cost (fresh processes, their own numba cache folder).
