@@ -567,30 +567,35 @@ _SWEEP = []
 
 
 def _sweep_kernel():
-    """sweep[grid, block](a, passes, out): every thread sums four interleaved strided streams of
-    ``a`` (four loads in flight a thread, coalesced across the warp) ``passes`` times; the sum is
-    stored only if it equals a value a zero array cannot sum to, so the loads stay live."""
+    """sweep[grid, block](a, passes, shift, out): every thread sums four interleaved strided
+    streams of ``a`` (four loads in flight a thread, coalesced across the warp), ``passes`` times.
+    Each pass starts ``shift`` threads further on, so that a block reads what a block on another
+    SM read the pass before: the data comes from L2, not from this SM's L1.  Unsigned indices (no
+    negative-index fix-ups: loads, not index arithmetic, bound it); the sum is stored only if it
+    equals a value a zero array cannot sum to, so the loads stay live."""
     if not _SWEEP:
         import numba.cuda
-        from numba import float32
+        from numba import float32, uint64
 
         # The kernel names cuda as a module global: the simulator swaps a kernel's globals for its
         # thread API, not its closure (the dry run runs this kernel).
         globals()["cuda"] = numba.cuda
 
         @numba.cuda.jit
-        def sweep(a, passes, out):
-            first, step = cuda.grid(1), cuda.gridsize(1)
-            n = a.shape[0]
+        def sweep(a, passes, shift, out):
+            step = uint64(cuda.gridsize(1))
+            mine = uint64(cuda.grid(1))
+            n = uint64(a.shape[0])
+            two, three, four = uint64(2), uint64(3), uint64(4)
             acc0 = acc1 = acc2 = acc3 = float32(0)
-            for _ in range(passes):
-                i = first
-                while i + 3 * step < n:
+            for p in range(passes):
+                i = (mine + uint64(p) * uint64(shift)) % step
+                while i + three * step < n:
                     acc0 += a[i]
                     acc1 += a[i + step]
-                    acc2 += a[i + 2 * step]
-                    acc3 += a[i + 3 * step]
-                    i += 4 * step
+                    acc2 += a[i + two * step]
+                    acc3 += a[i + three * step]
+                    i += four * step
                 while i < n:
                     acc0 += a[i]
                     i += step
@@ -612,11 +617,12 @@ def bench_roofline(case, args):
     sweep = _sweep_kernel()
     sms = 1 if args.dry_run else cuda.get_current_device().MULTIPROCESSOR_COUNT
     grid, block = (2, 32) if args.dry_run else (8 * sms, 256)  # 64 warps an SM: a full Hopper SM
+    shift = 8 * block  # eight blocks on: another SM's slice each pass, for grid / 8 passes
     row = {"case": what}
     if args.dry_run:
-        sweep[grid, block](a, passes, out)
+        sweep[grid, block](a, passes, 32, out)
         return row
-    _, row["gpu"] = _time(lambda: sweep[grid, block](a, passes, out), cuda, args, gpu_only=True)
+    _, row["gpu"] = _time(lambda: sweep[grid, block](a, passes, shift, out), cuda, args, gpu_only=True)
     row["rate"] = None if row["gpu"] is None else f"{n * 4 * passes / row['gpu'] / 1e12:.2f} TB/s"
     return row
 
@@ -629,7 +635,8 @@ CONV_CASES = [
     ((128, 64, 32, 32), 64, 3, 1, 1, 1),  # CIFAR-style 3x3
     ((128, 64, 32, 32), 128, 3, 2, 1, 1),  # stride 2
     ((128, 64, 32, 32), 64, 3, 1, 1, 64),  # depthwise (MobileNet-style): the direct kernels
-    ((2, 2, 6, 6), 3, 3, 1, 1, 1),        # the dry-run case
+    ((128, 64, 32, 32), 64, 3, 1, 1, 8),   # 8 channels a group: the widest the direct kernels take
+    ((2, 4, 6, 6), 4, 3, 1, 1, 2),        # the dry-run case (grouped)
 ]
 CONV_COLUMNS = [
     ("case", "case"), ("fwd", "sparsenet fwd"), ("torch_fwd", "cuDNN fwd"), ("bwd", "sparsenet bwd (x+w)"),

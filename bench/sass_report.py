@@ -59,7 +59,7 @@ def _kernels(fdt, idt):
         ("conv2d_grad_input", conv.conv2d_grad_input, (t4, mat) + (i,) * 8 + (b, t4, t4)),
         ("conv2d_grad_weight", conv.conv2d_grad_weight, (t4, t4) + (i,) * 9 + (f[:, :, ::1],)),
         ("sparse_conv2d_fwd", conv.sparse_conv2d_fwd, (t4, ivec, ivec, vec) + (i,) * 9 + (vec, t4)),
-        ("sparse_conv2d_grad_input", conv.sparse_conv2d_grad_input, (t4, ivec, ivec, ivec, vec) + (i,) * 9 + (b, t4, t4)),
+        ("sparse_conv2d_grad_input", conv.sparse_conv2d_grad_input, (t4, ivec, ivec, ivec, vec) + (i,) * 8 + (b, t4, t4)),
         ("sparse_conv2d_grad_weight", conv.sparse_conv2d_grad_weight, (t4, t4, types.int64[:, ::1], ivec) + (i,) * 9 + (vec,)),
     ]
 

@@ -304,25 +304,38 @@ def _remember(array, what, value):
     return value
 
 
-def transpose_pattern(n_col, indptr, indices):
+def transpose_pattern(n_col, indptr, indices, groups=1):
     """W^T's pattern on the device: (indptr_t, indices_t, perm), W^T's data being ``data[perm]``.
 
     Computed once per pattern with the host ``csr_transpose`` (one device-to-host copy of the
     pattern, at the first transposed product), then cached against the ``indices`` device array
     object for as long as it lives.  Arrays wrapped afresh at each call (CuPy, torch) miss the
     cache: pass the result to ``spmm_t(..., pattern_t=...)`` and keep it yourself.
+
+    With ``groups`` > 1 the rows are a grouped convolution's filters (row o in group
+    o // (n_row/groups)) and W^T gets a column per group and column, ``groups * n_col`` in
+    all: column (grp, j) lists the rows of group grp that store j.  Indexed by input channel,
+    that is what ``sparse_conv2d_grad_input`` walks, reading no other group's entries.
     """
     indptr, indices = _pattern(indptr, indices)
-    hit = _recall(indices, ("transpose", n_col))
+    what = ("transpose", n_col) if groups == 1 else ("transpose", n_col, groups)
+    hit = _recall(indices, what)
     if hit is not None and hit[0]() is indptr:
         return hit[1]
     from .. import csr_transpose  # noqa: PLC0415  (the host kernel: a one-off per pattern)
 
-    indptr_t, indices_t, perm = csr_transpose(n_col, indptr.copy_to_host(), indices.copy_to_host())
+    ptr, cols = indptr.copy_to_host(), indices.copy_to_host()
+    if groups > 1:  # shift each row's columns into its group's block of columns
+        rows = np.repeat(np.arange(ptr.size - 1), np.diff(ptr))
+        wide = cols.astype(np.int64) + rows // max((ptr.size - 1) // groups, 1) * n_col
+        cols = wide.astype(cols.dtype) if groups * n_col <= np.iinfo(cols.dtype).max else wide
+    indptr_t, indices_t, perm = csr_transpose(groups * n_col, ptr, cols)
+    if groups > 1:
+        indices_t = indices_t.astype(indices.dtype)  # row numbers: they fit the pattern's dtype
     cuda = _cuda()
     result = (cuda.to_device(indptr_t), cuda.to_device(indices_t), cuda.to_device(perm))
     try:
-        _remember(indices, ("transpose", n_col), (weakref.ref(indptr), result))
+        _remember(indices, what, (weakref.ref(indptr), result))
     except TypeError:  # indptr not weak-referenceable: not cached
         pass
     return result
@@ -522,8 +535,9 @@ def _tiled_grid(planes, height, width):
 
 
 def conv2d(x, weight, bias, stride, padding, dilation, relu=False):
-    """Direct convolution on the device: x (N, C, H, W), weight (O, C/groups, KH, KW) -> (N, O, OH, OW);
-    with ``relu`` max(., 0) of it, applied by the kernel as it stores."""
+    """Convolution on the device: x (N, C, H, W), weight (O, C/groups, KH, KW) -> (N, O, OH, OW);
+    with ``relu`` max(., 0) of it, applied by the GEMM kernel as it stores, or in place right
+    after the direct kernels (groups of up to GEMM_TILE / NARROW_RATIO output channels)."""
     conv = _conv()
     x, weight = _nchw(x, "x"), _nchw(weight, "weight")
     _same_dtype(x=x, weight=weight)
@@ -602,6 +616,7 @@ def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, ne
     o, c_g, kh, kw = weight.shape
     _check_grad_out(g, x, o, (kh, kw), stride, padding, dilation)
     groups = x.shape[1] // c_g
+    gate = _gate(gate, x.shape, x.dtype) if need_input else None  # refused before any launch
     grad_x = grad_w = None
     direct_x, direct_w = need_input and _direct(c_g), need_weight and _direct(o // groups)
     if direct_x or direct_w:  # either or both on the weight-sparse kernels, every tap stored
@@ -610,7 +625,6 @@ def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, ne
                                                 gate if direct_x else None)
         grad_w = None if grad_w is None else grad_w.reshape(weight.shape)
     if need_input and not direct_x:
-        gate = _gate(gate, x.shape, x.dtype)
         gated = gate is not None
         grad_x = empty(x.shape, x.dtype)
         if grad_x.size:
@@ -749,9 +763,9 @@ def sparse_conv2d_backward(g, x, indptr, indices, data, kernel, stride, padding,
         gated = gate is not None
         grad_x = empty(x.shape, x.dtype)
         if grad_x.size:
-            indptr_t, indices_t, perm = transpose_pattern(n_cols, indptr, indices)
+            indptr_t, indices_t, perm = transpose_pattern(n_cols, indptr, indices, groups=int(groups))
             grid, block = _tiled_grid(math.ceil(x.shape[0] / conv.SPARSE_NB) * x.shape[1], x.shape[2], x.shape[3])
-            conv.sparse_conv2d_grad_input[grid, block](g, indptr_t, indices_t, perm, data, int(groups), *kernel,
+            conv.sparse_conv2d_grad_input[grid, block](g, indptr_t, indices_t, perm, data, *kernel,
                                                        *stride, *padding, *dilation, gated,
                                                        gate if gated else grad_x, grad_x)
     if need_weight:

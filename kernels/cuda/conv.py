@@ -57,7 +57,7 @@ GEMM_PAD = GEMM_TILE + 1
 # forward and grad-weight, input channels for grad-input) fills little of a GEMM tile: a
 # depthwise layer uses 1/GEMM_TILE of it.  Up to GEMM_TILE / NARROW_RATIO channels a group it runs
 # on the direct (weight-sparse) kernels with every tap stored instead, as the CPU does: their
-# inner loops issue 10-12 instructions per multiply-add (bench/sass_report.py) against the full
+# inner loops issue 6-12 instructions per multiply-add (bench/sass_report.py) against the full
 # tile's 1.6, about NARROW_RATIO times as many, with none wasted.  Static counts, not GPU times.
 NARROW_RATIO = 8
 # conv2d_grad_weight splits its long reduction (the output pixels) over blocks until the grid has
@@ -538,16 +538,17 @@ def sparse_conv2d_fwd(x, indptr, indices, data, groups, kh, kw, sh, sw, ph, pw, 
             out[n0 + 3, o, r, j] = acc3 + shift
 
 
-@kernel
-def sparse_conv2d_grad_input(g, indptr_t, indices_t, perm, data, groups, kh, kw, sh, sw, ph, pw, dh, dw, gated,
-                             gate, gx):
+@jit_fitting(CONV_TX * CONV_TY, 4)  # 64 registers: uncapped the unguarded loop took 72
+def sparse_conv2d_grad_input(g, indptr_t, indices_t, perm, data, kh, kw, sh, sw, ph, pw, dh, dw, gated, gate, gx):
     """gx[n, c, a, b] = sum over the stored taps (o, c, p, q) that read x[n, c, a, b] of
     data[k] * g[n, o, r, j] with a = r*sh - ph + p*dh, b = j*sw - pw + q*dw.
 
-    Walks W's transposed pattern (indptr_t (C/groups*KH*KW + 1,), indices_t = rows o, ``perm``
-    into ``data``): column (c mod C/groups, p, q) lists the filters using that tap, of which
-    those in c's group count.  One writer per element, no atomics.  g (N, O, OH, OW);
-    gx (N, C, H, W) preallocated and overwritten.
+    Walks W's transposed pattern by input channel (indptr_t (C*KH*KW + 1,), indices_t = rows o,
+    ``perm`` into ``data``; the wrappers' ``channel_transpose``): column (c, p, q) lists exactly
+    the filters of c's group that store tap (c mod C/groups, p, q), so no entry is read only to
+    be skipped (a depthwise layer's plain transpose would list all O filters in each column, one
+    of them c's).  One writer per element, no atomics.  g (N, O, OH, OW); gx (N, C, H, W)
+    preallocated and overwritten.
 
     A thread computes its input pixel for SPARSE_NB = 4 samples, as the forward does: a tap's
     two divisions and an entry's filter index and value serve four loads and multiply-adds
@@ -557,7 +558,7 @@ def sparse_conv2d_grad_input(g, indptr_t, indices_t, perm, data, groups, kh, kw,
     conv2d_grad_input); without it gate is not read (pass gx).
     """
     n_c, h, w = gx.shape[1], gx.shape[2], gx.shape[3]
-    n_o, out_h, out_w = g.shape[1], g.shape[2], g.shape[3]
+    out_h, out_w = g.shape[2], g.shape[3]
     tiles_b = (w + CONV_TX - 1) // CONV_TX
     n_tiles = ((h + CONV_TY - 1) // CONV_TY) * tiles_b
     plane = cuda.blockIdx.x // n_tiles
@@ -569,13 +570,7 @@ def sparse_conv2d_grad_input(g, indptr_t, indices_t, perm, data, groups, kh, kw,
     b = (tile - tile_a * tiles_b) * CONV_TX + cuda.threadIdx.x
     if a >= h or b >= w:
         return
-    c_g = n_c // groups
-    o_g = n_o // groups
-    grp = c // c_g
-    taps = kh * kw
-    col0 = (c - grp * c_g) * taps
-    o_lo = grp * o_g  # the filters of c's group: o_lo <= o < o_hi (a compare, not a division per tap)
-    o_hi = o_lo + o_g
+    col0 = c * (kh * kw)
     n0 = n_group * SPARSE_NB
     last = g.shape[0] - 1
     g0 = g[uint32(n0)]
@@ -603,14 +598,12 @@ def sparse_conv2d_grad_input(g, indptr_t, indices_t, perm, data, groups, kh, kw,
             k = uint64(indptr_t[col])  # unsigned: no negative-index fix-ups per entry
             k_end = uint64(indptr_t[col + 1])
             while k < k_end:
-                o = indices_t[k]
-                if o_lo <= o < o_hi:
-                    value = data[uint64(perm[k])]
-                    uo = uint32(o)
-                    acc0 += value * tap0[uo]
-                    acc1 += value * tap1[uo]
-                    acc2 += value * tap2[uo]
-                    acc3 += value * tap3[uo]
+                value = data[uint64(perm[k])]
+                uo = uint32(indices_t[k])
+                acc0 += value * tap0[uo]
+                acc1 += value * tap1[uo]
+                acc2 += value * tap2[uo]
+                acc3 += value * tap3[uo]
                 k += uint64(1)
     if gated:
         one = gx.dtype.type(1)

@@ -82,6 +82,8 @@ def _check_groups(groups, in_channels, out_channels, x_shape, w_shape):
         raise TypeError(f"groups must be an int; got {groups!r}")
     if groups < 1:
         raise ValueError(f"groups must be positive; got {groups}")
+    if in_channels < 1:  # no channel to convolve (and C/groups would divide by zero downstream)
+        raise ValueError(f"x must have at least one channel; got shape {tuple(x_shape)}")
     if in_channels % groups or out_channels % groups:
         raise ValueError(
             f"groups={groups} must divide both in_channels={in_channels} and out_channels={out_channels} "

@@ -133,7 +133,7 @@ def test_sparse_conv_and_training_step_kernels_compile(compile_ptx, fdt, idt):
     tgt = types.int64[::1]
     sigs = {
         "sparse_conv2d_fwd": (conv.sparse_conv2d_fwd, (t4, ivec, ivec, vec) + (i,) * 9 + (vec, t4)),
-        "sparse_conv2d_grad_input": (conv.sparse_conv2d_grad_input, (t4, ivec, ivec, ivec, vec) + (i,) * 9
+        "sparse_conv2d_grad_input": (conv.sparse_conv2d_grad_input, (t4, ivec, ivec, ivec, vec) + (i,) * 8
                                      + (types.boolean, t4, t4)),
         "sparse_conv2d_grad_weight": (conv.sparse_conv2d_grad_weight, (t4, t4, types.int64[:, ::1], ivec) + (i,) * 9 + (vec,)),
         "local2d_fwd": (conv.local2d_fwd, (t4, t4, f[:, :, ::1]) + (i,) * 6 + (t4,)),

@@ -65,6 +65,9 @@ def test_conv2d_matches_cpu(rng, same_bits, relu_gate, conv_path, dtype, case):
     y = kc.conv2d(_dev(x), _dev(w), _dev(bias), stride, padding, dilation)
     assert y.shape == y_ref.shape and y.dtype == dtype
     np.testing.assert_allclose(_host(y), y_ref, **_tol(dtype))
+    # relu=True: max(y, 0) as the activation kernel computes it, in the GEMM's store or in place
+    same_bits(_host(kc.conv2d(_dev(x), _dev(w), _dev(bias), stride, padding, dilation, relu=True)),
+              _host(kernels.activation("relu", y)))
     if case is CONV_CASES[-1]:
         y0 = kc.conv2d(_dev(x), _dev(w), None, stride, padding, dilation)
         np.testing.assert_allclose(_host(y0), ref.conv2d(x, w, None, stride, padding, dilation, groups),
@@ -85,9 +88,9 @@ def test_conv2d_matches_cpu(rng, same_bits, relu_gate, conv_path, dtype, case):
         kc.conv2d_backward(_dev(g), _dev(x), _dev(w), stride, padding, dilation, gate=_dev(np.zeros(x.shape[:3] + (x.shape[3] + 1,), dtype)))
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=24, deadline=None)  # shared by the two paths
 @given(
-    n=st.integers(1, 2), cg=st.integers(1, 3), og=st.integers(1, 6), groups=st.integers(1, 2),
+    n=st.integers(1, 2), cg=st.integers(1, 3), og=st.integers(1, 6), groups=st.integers(1, 3),
     h=st.integers(1, 6), w=st.integers(1, 6), kh=st.integers(1, 3), kw=st.integers(1, 3),
     sh=st.integers(1, 2), sw=st.integers(1, 2), ph=st.integers(0, 1), pw=st.integers(0, 1),
     dh=st.integers(1, 2), dw=st.integers(1, 2), f32=st.booleans(), seed=st.integers(0, 2**16),
@@ -271,6 +274,13 @@ def test_dense_conv_runs_narrow_groups_on_the_direct_kernels(rng, monkeypatch):
     assert kc._full_pattern(depthwise) is pattern
     np.testing.assert_array_equal(_host(pattern[0]), np.arange(0, 30, 9))
     np.testing.assert_array_equal(_host(pattern[1]), np.tile(np.arange(9), 3))
+    # grad-input walks a column per input channel and tap listing only that channel's group:
+    # one filter each here (a plain transpose would list all three, two of them skipped)
+    indptr_t, indices_t, perm = kc.transpose_pattern(9, *pattern, groups=3)
+    assert kc.transpose_pattern(9, *pattern, groups=3)[0] is indptr_t  # cached per pattern
+    np.testing.assert_array_equal(_host(indptr_t), np.arange(28))
+    np.testing.assert_array_equal(_host(indices_t), np.repeat(np.arange(3), 9))
+    np.testing.assert_array_equal(_host(perm), np.arange(27))
     launched.clear()
     # wide groups of one input channel: forward and grad-weight on the GEMMs, grad-input direct
     fan_out = _dev(rng.standard_normal((3 * wide, 1, 3, 3)))
@@ -283,3 +293,11 @@ def test_dense_conv_runs_narrow_groups_on_the_direct_kernels(rng, monkeypatch):
     y = kc.conv2d(x_wide, dense, None, *geo, relu=True)
     kc.conv2d_backward(_dev(rng.standard_normal(y.shape)), x_wide, dense, *geo)
     assert launched == ["conv2d_fwd", "conv2d_grad_input", "conv2d_grad_weight"]
+    launched.clear()
+    # a bad gate is refused before anything launches, whichever path each op takes
+    with pytest.raises(ValueError, match="gated result's shape"):
+        kc.conv2d_backward(g, x, depthwise, *geo, gate=_dev(np.zeros((2, 3, 5, 5))))
+    with pytest.raises(ValueError, match="gated result's shape"):
+        kc.conv2d_backward(_dev(rng.standard_normal((2, 3 * wide, 5, 4))), x, fan_out, *geo,
+                           gate=_dev(np.zeros((2, 3, 5, 5))))
+    assert launched == []

@@ -203,10 +203,16 @@ def test_conv2d_hypothesis_geometry(n, cg, og, groups, h, w, kh, kw, sh, sw, ph,
     ((np.zeros((2, 3, 5, 5)), np.zeros((4, 3, 3, 3))), {"stride": 0}, "stride must be positive"),
     ((np.zeros((2, 3, 5, 5)), np.zeros((4, 3, 3, 3))), {"padding": (1, -1)}, "padding must be non-negative"),
     ((np.zeros((2, 3, 5, 5)), np.zeros((4, 3, 3, 3))), {"groups": 0}, "groups must be positive"),
+    ((np.zeros((2, 0, 5, 5)), np.zeros((4, 0, 3, 3))), {}, "at least one channel"),
 ])
 def test_conv2d_bad_geometry_raises(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         F.conv2d(*args, **kwargs)
+    if match == "at least one channel":  # the backward and the weight-sparse conv say the same
+        with pytest.raises(ValueError, match=match):
+            F.conv2d_backward(np.zeros((2, 4, 3, 3)), *args, **kwargs)
+        with pytest.raises(ValueError, match=match):
+            F.sparse_conv2d(args[0], CSRMatrix.from_dense(np.zeros((4, 0))), 3)
 
 
 def test_conv_type_errors():
