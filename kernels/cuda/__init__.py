@@ -735,8 +735,12 @@ def sparse_conv2d(x, indptr, indices, data, kernel, bias, stride, padding, dilat
     bias = _epilogue_bias(bias, o, x.dtype)
     if out.size:
         # A bias-free layer adds zeros: a has_bias flag would cost this kernel 8 registers (86,
-        # two blocks an SM instead of three), more than the zero-filled array costs.
-        bias = zeros((o,), x.dtype) if bias is None else bias
+        # two blocks an SM instead of three).  The zeros are kept with the pattern (never
+        # written), so a layer's forward does not allocate and fill them again each step.
+        if bias is None:
+            what = ("zero bias", x.dtype)
+            bias = _recall(indptr, what)
+            bias = _remember(indptr, what, zeros((o,), x.dtype)) if bias is None else bias
         grid, block = _tiled_grid(math.ceil(x.shape[0] / conv.SPARSE_NB) * o, out_h, out_w)
         conv.sparse_conv2d_fwd[grid, block](x, indptr, indices, data, int(groups), *kernel, *stride, *padding,
                                             *dilation, bias, out)

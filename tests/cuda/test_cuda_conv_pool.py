@@ -272,6 +272,11 @@ def test_dense_conv_runs_narrow_groups_on_the_direct_kernels(rng, monkeypatch):
     assert launched == ["sparse_conv2d_fwd", "sparse_conv2d_grad_input", "sparse_conv2d_grad_weight"]
     pattern = kc._full_pattern(depthwise)
     assert kc._full_pattern(depthwise) is pattern
+    # the bias-free forward's zeros are kept with the pattern, not allocated and filled per call
+    zero_bias = kc._recall(pattern[0], ("zero bias", np.dtype(np.float64)))
+    assert zero_bias is not None and not _host(zero_bias).any()
+    np.testing.assert_array_equal(_host(kc.conv2d(x, depthwise, None, *geo)), _host(y))
+    assert kc._recall(pattern[0], ("zero bias", np.dtype(np.float64))) is zero_bias
     np.testing.assert_array_equal(_host(pattern[0]), np.arange(0, 30, 9))
     np.testing.assert_array_equal(_host(pattern[1]), np.tile(np.arange(9), 3))
     # grad-input walks a column per input channel and tap listing only that channel's group:
