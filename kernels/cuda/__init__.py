@@ -545,8 +545,7 @@ def conv2d(x, weight, bias, stride, padding, dilation, relu=False):
     o, _, kh, kw = weight.shape
     groups = x.shape[1] // weight.shape[1]
     if _direct(o // groups):
-        out = sparse_conv2d(x, *_full_pattern(weight), _flat_filters(weight).reshape(weight.size), (kh, kw), bias,
-                            stride, padding, dilation, groups)
+        out = sparse_conv2d(x, *_every_tap(weight), (kh, kw), bias, stride, padding, dilation, groups)
         if relu and out.size:  # in place: the weight-sparse forward has no ReLU store (registers)
             flat = _flat_view(out)
             _ops().activation_fwd[_grid(out.size)](_ops().RELU, 0.0, flat, flat)
@@ -570,6 +569,12 @@ def _direct(channels):
     on the weight-sparse kernels with every tap stored (conv.NARROW_RATIO) instead of a GEMM."""
     conv = _conv()
     return channels * conv.NARROW_RATIO <= conv.GEMM_TILE
+
+
+def _every_tap(weight):
+    """(indptr, indices, data): (O, C/groups, KH, KW) filters as the weight-sparse kernels take
+    a CSR weight, every tap stored."""
+    return (*_full_pattern(weight), _flat_filters(weight).reshape(weight.size))
 
 
 def _full_pattern(weight):
@@ -620,9 +625,8 @@ def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, ne
     grad_x = grad_w = None
     direct_x, direct_w = need_input and _direct(c_g), need_weight and _direct(o // groups)
     if direct_x or direct_w:  # either or both on the weight-sparse kernels, every tap stored
-        grad_x, grad_w = sparse_conv2d_backward(g, x, *_full_pattern(weight), _flat_filters(weight).reshape(weight.size),
-                                                (kh, kw), stride, padding, dilation, groups, direct_x, direct_w,
-                                                gate if direct_x else None)
+        grad_x, grad_w = sparse_conv2d_backward(g, x, *_every_tap(weight), (kh, kw), stride, padding, dilation,
+                                                groups, direct_x, direct_w, gate if direct_x else None)
         grad_w = None if grad_w is None else grad_w.reshape(weight.shape)
     if need_input and not direct_x:
         gated = gate is not None

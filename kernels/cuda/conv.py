@@ -544,7 +544,7 @@ def sparse_conv2d_grad_input(g, indptr_t, indices_t, perm, data, kh, kw, sh, sw,
     data[k] * g[n, o, r, j] with a = r*sh - ph + p*dh, b = j*sw - pw + q*dw.
 
     Walks W's transposed pattern by input channel (indptr_t (C*KH*KW + 1,), indices_t = rows o,
-    ``perm`` into ``data``; the wrappers' ``channel_transpose``): column (c, p, q) lists exactly
+    ``perm`` into ``data``; the wrappers' ``transpose_pattern(..., groups=)``): column (c, p, q) lists exactly
     the filters of c's group that store tap (c mod C/groups, p, q), so no entry is read only to
     be skipped (a depthwise layer's plain transpose would list all O filters in each column, one
     of them c's).  One writer per element, no atomics.  g (N, O, OH, OW); gx (N, C, H, W)
