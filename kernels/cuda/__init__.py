@@ -318,6 +318,9 @@ def transpose_pattern(n_col, indptr, indices, groups=1):
     that is what ``sparse_conv2d_grad_input`` walks, reading no other group's entries.
     """
     indptr, indices = _pattern(indptr, indices)
+    n_col, groups = int(n_col), int(groups)
+    if groups < 1 or (indptr.shape[0] - 1) % groups:  # rows past the last whole group: columns past the end
+        raise ValueError(f"groups={groups} must be positive and divide the {indptr.shape[0] - 1} rows")
     what = ("transpose", n_col) if groups == 1 else ("transpose", n_col, groups)
     hit = _recall(indices, what)
     if hit is not None and hit[0]() is indptr:
@@ -511,6 +514,24 @@ def _out_size(size, kernel, stride, padding, dilation):
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def _check_groups(n_in, n_out, groups):
+    """The conv kernels index channels by group: refuse groups that do not divide both channel
+    counts (the kernels would read and write past their arrays), as sparsenet.functional does."""
+    if n_in < 1 or groups < 1 or n_in % groups or n_out % groups:
+        raise ValueError(f"groups={groups} must be positive and divide both in_channels={n_in} (at least 1) "
+                         f"and out_channels={n_out}")
+    return int(groups)
+
+
+def _dense_groups(x, weight):
+    """groups of a dense conv, implied by x's channels over the weight's (O, C/groups, KH, KW)."""
+    c, (o, c_g) = x.shape[1], weight.shape[:2]
+    if c_g < 1 or c % c_g:
+        raise ValueError(f"x's {c} channels must be a positive multiple of weight.shape[1] = {c_g} "
+                         f"(in_channels/groups); weight shape {tuple(weight.shape)}")
+    return _check_groups(c, o, c // c_g)
+
+
 def _check_grad_out(g, x, n_out, kernel, stride, padding, dilation):
     """The backward kernels read g over x's batch and the output plane: refuse any other shape
     (on the GPU a short g would be read past its end)."""
@@ -542,8 +563,8 @@ def conv2d(x, weight, bias, stride, padding, dilation, relu=False):
     x, weight = _nchw(x, "x"), _nchw(weight, "weight")
     _same_dtype(x=x, weight=weight)
     n = x.shape[0]
-    o, _, kh, kw = weight.shape
-    groups = x.shape[1] // weight.shape[1]
+    o, c_g, kh, kw = weight.shape
+    groups = _dense_groups(x, weight)
     if _direct(o // groups):
         out = sparse_conv2d(x, *_every_tap(weight), (kh, kw), bias, stride, padding, dilation, groups)
         if relu and out.size:  # in place: the weight-sparse forward has no ReLU store (registers)
@@ -620,7 +641,7 @@ def conv2d_backward(g, x, weight, stride, padding, dilation, need_input=True, ne
     _same_dtype(g=g, x=x, weight=weight)
     o, c_g, kh, kw = weight.shape
     _check_grad_out(g, x, o, (kh, kw), stride, padding, dilation)
-    groups = x.shape[1] // c_g
+    groups = _dense_groups(x, weight)
     gate = _gate(gate, x.shape, x.dtype) if need_input else None  # refused before any launch
     grad_x = grad_w = None
     direct_x, direct_w = need_input and _direct(c_g), need_weight and _direct(o // groups)
@@ -733,6 +754,7 @@ def sparse_conv2d(x, indptr, indices, data, kernel, bias, stride, padding, dilat
     data = as_device_array(data, "data")
     _same_dtype(x=x, data=data)
     o = indptr.shape[0] - 1
+    groups = _check_groups(x.shape[1], o, groups)
     out_h = _out_size(x.shape[2], kernel[0], stride[0], padding[0], dilation[0])
     out_w = _out_size(x.shape[3], kernel[1], stride[1], padding[1], dilation[1])
     out = empty((x.shape[0], o, max(out_h, 0), max(out_w, 0)), x.dtype)
@@ -764,6 +786,7 @@ def sparse_conv2d_backward(g, x, indptr, indices, data, kernel, stride, padding,
     data = as_device_array(data, "data")
     _same_dtype(g=g, x=x, data=data)
     _check_grad_out(g, x, indptr.shape[0] - 1, kernel, stride, padding, dilation)
+    groups = _check_groups(x.shape[1], indptr.shape[0] - 1, groups)
     n_cols = x.shape[1] // groups * kernel[0] * kernel[1]
     grad_x = grad_w = None
     if need_input:

@@ -148,6 +148,31 @@ def test_conv_wrappers_refuse_a_bias_they_would_misread(rng, conv_path):
         kc.conv2d_backward(_dev(np.zeros((1, 3, 2, 2))), x, w32, (1, 1), (0, 0), (1, 1))
 
 
+def test_conv_wrappers_refuse_groups_that_do_not_divide_the_channels(rng, conv_path):
+    """The device wrappers index channels by group and are public (sparsenet.kernels dispatches
+    device arrays straight to them): groups that do not divide both channel counts are refused,
+    not read or written past the arrays' ends."""
+    kc = _kc()
+    geo = ((1, 1), (0, 0), (1, 1))
+    x, w = _dev(rng.standard_normal((1, 5, 4, 4))), _dev(rng.standard_normal((2, 2, 2, 1)))
+    with pytest.raises(ValueError, match="positive multiple of weight.shape"):
+        kc.conv2d(x, w, None, *geo)
+    with pytest.raises(ValueError, match="positive multiple of weight.shape"):
+        kc.conv2d_backward(_dev(np.zeros((1, 2, 3, 4))), x, w, *geo)
+    with pytest.raises(ValueError, match="out_channels=3"):  # 4 channels, groups 2, 3 filters
+        kc.conv2d(_dev(np.zeros((1, 4, 4, 4))), _dev(np.zeros((3, 2, 2, 2))), None, *geo)
+    csr = CSRMatrix.from_dense(rng.standard_normal((3, 2))).to("cuda")  # (O, C/groups*KH*KW)
+    x3 = _dev(rng.standard_normal((1, 3, 4, 4)))
+    for xx, groups in ((x3, 2), (x3, 0), (_dev(np.zeros((1, 2, 4, 4))), 2)):  # C = 3, C = 3, O = 3 vs 2
+        with pytest.raises(ValueError, match="must be positive and divide"):
+            kc.sparse_conv2d(xx, csr.indptr, csr.indices, csr.data, (1, 2), None, *geo, groups)
+    g = _dev(np.zeros((1, 3, 4, 3)))
+    with pytest.raises(ValueError, match="must be positive and divide"):
+        kc.sparse_conv2d_backward(g, x3, csr.indptr, csr.indices, csr.data, (1, 2), *geo, 2)
+    with pytest.raises(ValueError, match="divide the 3 rows"):
+        kc.transpose_pattern(2, csr.indptr, csr.indices, groups=2)
+
+
 def test_conv2d_backward_flags_and_big_kernel(rng, conv_path):
     kc = _kc()
     x = rng.standard_normal((1, 1, 4, 4))
